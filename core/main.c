@@ -1,0 +1,369 @@
+/*
+ * main - ringmaild: options, configuration, sockets, shards, signals, exit
+ *
+ * SYNOPSIS
+ *   ringmaild -c FILE          run in the foreground
+ *   ringmaild -t -c FILE       check the configuration, exit 0 or 1
+ * DESCRIPTION
+ *   The order of things: load and check the configuration (every error as
+ *   FILE:LINE: message); open the paniclog; create the spool directories;
+ *   block the signals (only this thread takes them, with sigtimedwait);
+ *   create every shard's listening sockets (one SO_REUSEPORT socket per
+ *   shard per Listen address, so the kernel spreads connections); start
+ *   the shards and wait until each serves; log "ready".
+ *
+ *   SIGTERM/SIGINT: drain (shards stop taking mail, answer 421 4.3.2 to new
+ *   connections, finish open transactions within Shutdown_Timeout), join
+ *   the shards, exit 0. A second SIGTERM stops at once (sessions waiting
+ *   for a commit still get their answer). SIGUSR1 reopens the paniclog.
+ *   SIGHUP is logged: configuration reload comes with the operations work.
+ * OWNERSHIP
+ *   The configuration and the shard array live for the whole process.
+ * THREADS
+ *   The main thread never touches a shard's data; it posts messages
+ *   (xshard.h).
+ */
+#include <arpa/inet.h>
+#include <ck_pr.h>
+#include <errno.h>
+#include <getopt.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "conf.h"
+#include "log.h"
+#include "shard.h"
+#include "util.h"
+#include "xshard.h"
+
+#define LISTEN_BACKLOG 4096
+
+
+static void
+usage(FILE *fp)
+{
+    fprintf(fp, "usage: ringmaild [-t] -c FILE\n"
+                "  -c FILE  configuration file\n"
+                "  -t       check the configuration and exit\n");
+}
+
+
+/* mkdir_p - create dir and its parents; 0 or -errno */
+static int
+mkdir_p(const char *dir)
+{
+    char tmp[4096];
+    size_t n = strlen(dir);
+    char *p;
+
+    if (n == 0 || n >= sizeof tmp)
+        return -ENAMETOOLONG;
+    memcpy(tmp, dir, n + 1);
+    for (p = tmp + 1; *p != '\0'; p++) {
+        if (*p != '/')
+            continue;
+        *p = '\0';
+        if (mkdir(tmp, 0750) < 0 && errno != EEXIST)
+            return -errno;
+        *p = '/';
+    }
+    if (mkdir(tmp, 0750) < 0 && errno != EEXIST)
+        return -errno;
+    return 0;
+}
+
+
+static int
+mkdir_parent(const char *path)
+{
+    char tmp[4096];
+    char *slash;
+
+    snprintf(tmp, sizeof tmp, "%s", path);
+    slash = strrchr(tmp, '/');
+    if (slash == NULL || slash == tmp)
+        return 0;
+    *slash = '\0';
+    return mkdir_p(tmp);
+}
+
+
+static void
+addr_text(const struct sockaddr_storage *ss, char *buf, size_t len)
+{
+    char ip[INET6_ADDRSTRLEN];
+
+    if (ss->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *s6 = (const void *)ss;
+
+        inet_ntop(AF_INET6, &s6->sin6_addr, ip, sizeof ip);
+        snprintf(buf, len, "[%s]:%u", ip, ntohs(s6->sin6_port));
+    } else {
+        const struct sockaddr_in *s4 = (const void *)ss;
+
+        inet_ntop(AF_INET, &s4->sin_addr, ip, sizeof ip);
+        snprintf(buf, len, "%s:%u", ip, ntohs(s4->sin_port));
+    }
+}
+
+
+/*
+ * listen_socket - one SO_REUSEPORT listening socket on addr. When addr has
+ * port 0 the kernel picks one, and *addr is updated so that the sockets of
+ * the other shards join the same port.
+ */
+static int
+listen_socket(struct sockaddr_storage *addr, socklen_t len)
+{
+    int one = 1, fd;
+
+    fd = socket(addr->ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
+        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0)
+        goto fail;
+    if (addr->ss_family == AF_INET6 &&
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one) < 0)
+        goto fail;
+    if (bind(fd, (struct sockaddr *)addr, len) < 0)
+        goto fail;
+    if (listen(fd, LISTEN_BACKLOG) < 0)
+        goto fail;
+    if (getsockname(fd, (struct sockaddr *)addr, &len) < 0)
+        goto fail;
+    return fd;
+fail:
+    {
+        int err = errno;
+
+        close(fd);
+        return -err;
+    }
+}
+
+
+/*
+ * open_listeners - for every Listen address, one socket per shard;
+ * fills per_shard[i] (an array of listen_count entries each).
+ */
+static int
+open_listeners(const struct conf *c, unsigned nshards,
+               struct shard_listen **per_shard, size_t *listen_count,
+               char *ready_text, size_t ready_len)
+{
+    size_t total = 0, k = 0, l, a;
+    unsigned i;
+
+    for (l = 0; l < c->listener_count; l++)
+        total += c->listeners[l].listen_count;
+    for (i = 0; i < nshards; i++)
+        per_shard[i] = xcalloc(total, sizeof **per_shard);
+    ready_text[0] = '\0';
+    for (l = 0; l < c->listener_count; l++) {
+        const struct conf_esmtp_listener *el = &c->listeners[l];
+
+        for (a = 0; a < el->listen_count; a++, k++) {
+            struct sockaddr_storage addr;
+            char text[80];
+
+            memcpy(&addr, &el->listens[a].addr, sizeof addr);
+            for (i = 0; i < nshards; i++) {
+                int fd = listen_socket(&addr, el->listens[a].addr_len);
+
+                if (fd < 0) {
+                    fprintf(stderr, "%s:%d: cannot listen on %s: %s\n",
+                            el->listens[a].file, el->listens[a].line,
+                            el->listens[a].text, strerror(-fd));
+                    return fd;
+                }
+                per_shard[i][k].fd = fd;
+                per_shard[i][k].conf = el;
+                per_shard[i][k].listen = &el->listens[a];
+            }
+            addr_text(&addr, text, sizeof text);
+            snprintf(ready_text + strlen(ready_text),
+                     ready_len - strlen(ready_text), "%s%s",
+                     k ? " " : "", text);
+        }
+    }
+    *listen_count = total;
+    return 0;
+}
+
+
+int
+main(int argc, char **argv)
+{
+    const char *conf_path = NULL;
+    struct conf_errors errs = { 0 };
+    struct conf *conf;
+    struct shard *shards;
+    struct shard_listen **per_shard;
+    struct xshard_sender tx;
+    size_t listen_count = 0;
+    unsigned nshards, i, ncpu;
+    char ready_text[1024];
+    sigset_t sigs;
+    int check_only = 0, opt, rc, draining = 0, failed = 0;
+
+    static const struct option longopts[] = {
+        { "help", no_argument, NULL, 'h' },
+        { "version", no_argument, NULL, 'V' },
+        { NULL, 0, NULL, 0 },
+    };
+    while ((opt = getopt_long(argc, argv, "c:thV", longopts, NULL)) != -1) {
+        switch (opt) {
+        case 'c':
+            conf_path = optarg;
+            break;
+        case 't':
+            check_only = 1;
+            break;
+        case 'h':
+            usage(stdout);
+            return 0;
+        case 'V':
+            printf("ringmaild 0.1.0\n");
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (conf_path == NULL || optind != argc) {
+        usage(stderr);
+        return 2;
+    }
+
+    conf = conf_load(conf_path, &errs);
+    if (conf == NULL) {
+        conf_errors_print(&errs, stderr);
+        conf_errors_fini(&errs);
+        return 1;
+    }
+    if (check_only) {
+        printf("%s: configuration OK\n", conf_path);
+        conf_free(conf);
+        return 0;
+    }
+
+    rc = mkdir_parent(conf->paniclog);
+    if (rc == 0)
+        rc = log_open(conf->paniclog);
+    if (rc < 0) {
+        fprintf(stderr, "ringmaild: cannot open paniclog %s: %s\n",
+                conf->paniclog, strerror(-rc));
+        return 1;
+    }
+    ncpu = (unsigned)sysconf(_SC_NPROCESSORS_ONLN);
+    nshards = conf->shards ? conf->shards : ncpu;
+    for (i = 0; i < nshards; i++) {
+        char dir[4200];
+
+        snprintf(dir, sizeof dir, "%s/%u", conf->spool_base, i);
+        rc = mkdir_p(dir);
+        if (rc < 0) {
+            log_panic("main", "cannot create spool directory %s: %s", dir,
+                      strerror(-rc));
+            return 1;
+        }
+    }
+    (void)mkdir_parent(conf->delivery_log);
+
+    /* Only this thread takes signals; shards inherit the blocked mask. */
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGTERM);
+    sigaddset(&sigs, SIGINT);
+    sigaddset(&sigs, SIGHUP);
+    sigaddset(&sigs, SIGUSR1);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    per_shard = xcalloc(nshards, sizeof *per_shard);
+    rc = open_listeners(conf, nshards, per_shard, &listen_count, ready_text,
+                        sizeof ready_text);
+    if (rc < 0) {
+        log_panic("main", "cannot open listeners: %s", strerror(-rc));
+        return 1;
+    }
+    rc = xshard_sender_init(&tx);
+    if (rc < 0) {
+        log_panic("main", "io_uring setup: %s", strerror(-rc));
+        return 1;
+    }
+
+    shards = xcalloc(nshards, sizeof *shards);
+    for (i = 0; i < nshards; i++) {
+        shard_setup(&shards[i], i, (int)(i % ncpu), conf, per_shard[i],
+                    listen_count);
+        rc = shard_start(&shards[i]);
+        if (rc < 0) {
+            log_panic("main", "cannot start shard %u: %s", i, strerror(-rc));
+            return 1;
+        }
+    }
+    for (i = 0; i < nshards; i++) {
+        if (shard_wait_started(&shards[i]) < 0)
+            failed = 1;
+    }
+    if (failed) {
+        log_panic("main", "a shard failed to start; stopping");
+        for (i = 0; i < nshards; i++)
+            shard_stop_remote(&shards[i], &tx);
+    } else {
+        log_panic("main", "ringmaild ready: %u shards, listening on %s",
+                  nshards, ready_text);
+    }
+
+    while (!failed) {
+        struct timespec ts = { 1, 0 };
+        int done = 0;
+
+        for (i = 0; i < nshards; i++) {
+            if (ck_pr_load_int((int *)&shards[i].state) == SHARD_STATE_DONE)
+                done++;
+        }
+        if (done == (int)nshards)
+            break;
+        rc = sigtimedwait(&sigs, NULL, &ts);
+        if (rc == SIGTERM || rc == SIGINT) {
+            if (!draining) {
+                log_panic("main", "%s: draining (budget %u ms)",
+                          rc == SIGTERM ? "SIGTERM" : "SIGINT",
+                          conf->shutdown_timeout_ms);
+                for (i = 0; i < nshards; i++)
+                    shard_drain_remote(&shards[i], &tx);
+                draining = 1;
+            } else {
+                log_panic("main", "second signal: stopping now");
+                for (i = 0; i < nshards; i++)
+                    shard_stop_remote(&shards[i], &tx);
+            }
+        } else if (rc == SIGUSR1) {
+            log_reopen();
+            log_panic("main", "paniclog reopened");
+        } else if (rc == SIGHUP) {
+            log_panic("main", "SIGHUP: configuration reload is not "
+                      "implemented yet; ignored");
+        }
+    }
+
+    for (i = 0; i < nshards; i++)
+        shard_join(&shards[i]);
+    log_panic("main", "ringmaild stopped");
+    xshard_sender_fini(&tx);
+    for (i = 0; i < nshards; i++)
+        free(per_shard[i]);
+    free(per_shard);
+    free(shards);
+    conf_free(conf);
+    log_close();
+    return failed ? 1 : 0;
+}

@@ -1,0 +1,153 @@
+/*
+ * spool - durable per-shard message log (segments, group commit, recovery)
+ *
+ * SYNOPSIS
+ *   int  spool_open(struct spool *sp, struct loop *lp, const char *shard_dir,
+ *                   unsigned shard_id, uint64_t segment_bytes,
+ *                   spool_recovered_fn *cb, void *cb_arg);
+ *   void spool_next_id(struct spool *sp, char id[SPOOL_ID_MAX]);
+ *   void spool_commit(struct spool *sp, struct spool_msg *m);
+ *   void spool_flush(struct spool *sp);
+ *   int  spool_failed(const struct spool *sp);
+ *   int  spool_idle(const struct spool *sp);
+ *   void spool_close(struct spool *sp);
+ *   int  spool_scan(const char *shard_dir, spool_recovered_fn *cb, void *arg,
+ *                   struct spool_scan_stats *st);
+ * DESCRIPTION
+ *   Each shard owns one directory (Spool_Base/<shard>/) holding segment
+ *   files seg-<16 hex digits>.log: append-only, preallocated, made of typed,
+ *   checksummed records (spool_rec.h). A message is committed when its MSG
+ *   record and the END record that follows it are durable.
+ *
+ *   spool_open() runs recovery synchronously (at startup, before the shard
+ *   serves): it scans every segment, calls cb once per committed message
+ *   still live, drops a torn record at the tail of a segment (it never got
+ *   its 250), moves a corrupt record in the middle aside to corrupt/ with a
+ *   paniclog line, and then opens a fresh segment for appending (old
+ *   segments are never appended to again).
+ *
+ *   spool_commit() queues m for the next group commit; m->done(m, res) runs
+ *   exactly once: res 0 when the message is durable, or -errno (-EIO,
+ *   -ENOSPC, ...) when it is not and never will be (failed data is never
+ *   rewritten). spool_flush() is the loop's before-wait hook: it copies
+ *   every queued message into one batch buffer, and submits one write
+ *   linked to one fdatasync. One batch is in flight at a time; messages
+ *   queued meanwhile go in the next batch, so under load one fdatasync
+ *   covers many messages.
+ *
+ *   After a write or fdatasync error the spool is failed: commits fail at
+ *   once with -EIO, spool_failed() is true (the listener answers new
+ *   sessions 421 4.3.2), and a probe every second tries a fresh segment;
+ *   when one is written and synced, the spool works again.
+ *
+ *   spool_scan() reads a shard directory without a loop (for tools and
+ *   tests): it reports each committed message and counts torn and corrupt
+ *   records, changing nothing on disk.
+ * OWNERSHIP
+ *   struct spool_msg and everything it points at belong to the caller (the
+ *   session's transaction arena) and must stay valid until m->done runs.
+ *   The batch buffers are the spool's, reused from batch to batch.
+ * THREADS
+ *   Shard-local. spool_scan() is for tools, any thread.
+ * ERRORS
+ *   Disk errors come back as -errno, are logged once, and never stop the
+ *   process.
+ * SEE ALSO
+ *   spool_rec.h (record format), loop.h
+ */
+#ifndef RINGMAIL_SPOOL_H
+#define RINGMAIL_SPOOL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/uio.h>
+
+#include "loop.h"
+
+#define SPOOL_ID_MAX 40
+
+struct spool_msg;
+typedef void spool_commit_fn(struct spool_msg *m, int res);
+
+/* One message to commit, described by the caller (the SMTP session). */
+struct spool_msg {
+    const char *id;              /* from spool_next_id() */
+    int64_t received_unix;       /* seconds */
+    const char *sender;          /* reverse path without <>, "" for <> */
+    const char *const *rcpts;    /* forward paths without <> */
+    unsigned rcpt_count;
+    const char *peer;            /* client address, for the record */
+    const struct iovec *body;    /* the message data, unstuffed, CRLF lines */
+    unsigned body_iov_count;
+    uint64_t body_bytes;
+    spool_commit_fn *done;
+    /* spool private */
+    struct spool_msg *next;
+};
+
+/* A committed, still live message as found by recovery or spool_scan(). */
+struct spool_found {
+    const char *id;
+    int64_t received_unix;
+    const char *sender;
+    const char *const *rcpts;
+    unsigned rcpt_count;
+    const char *peer;
+    const char *body;            /* valid only during the callback */
+    uint64_t body_bytes;
+    const char *segment;         /* file name */
+    uint64_t offset;             /* of the MSG record */
+};
+
+typedef void spool_recovered_fn(void *arg, const struct spool_found *f);
+
+struct spool_scan_stats {
+    uint64_t segments;
+    uint64_t messages;           /* committed (MSG + END) */
+    uint64_t torn;               /* dropped at a segment's tail */
+    uint64_t corrupt;            /* moved aside */
+    uint64_t bytes;
+};
+
+struct spool_batch;
+
+struct spool {
+    struct loop *lp;
+    char *dir;
+    unsigned shard_id;
+    uint64_t segment_bytes;
+    int dir_fd;
+    int seg_fd;
+    uint64_t seg_seq;
+    uint64_t seg_off;            /* next append offset in the segment */
+    uint64_t id_nonce;           /* per process start: ids unique on restart */
+    uint64_t id_counter;
+    struct spool_msg *queue_head, **queue_tail;
+    struct spool_batch *inflight;     /* NULL when no batch is in flight */
+    struct spool_batch *batches[2];
+    int failed;                  /* -errno of the failure, 0 when working */
+    struct op probe_op;
+    struct __kernel_timespec probe_ts;
+    int probe_armed;
+    int closing;
+    /* statistics */
+    uint64_t commits;
+    uint64_t batches_done;
+    uint64_t fdatasyncs;
+    uint64_t bytes_written;
+    struct spool_scan_stats recovered;
+};
+
+int spool_open(struct spool *sp, struct loop *lp, const char *shard_dir,
+               unsigned shard_id, uint64_t segment_bytes,
+               spool_recovered_fn *cb, void *cb_arg);
+void spool_next_id(struct spool *sp, char id[SPOOL_ID_MAX]);
+void spool_commit(struct spool *sp, struct spool_msg *m);
+void spool_flush(struct spool *sp);
+int spool_failed(const struct spool *sp);
+int spool_idle(const struct spool *sp);
+void spool_close(struct spool *sp);
+int spool_scan(const char *shard_dir, spool_recovered_fn *cb, void *arg,
+               struct spool_scan_stats *st);
+
+#endif
