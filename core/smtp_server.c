@@ -352,8 +352,9 @@ mail_params(struct smtp_server *s, const char *p)
             unsigned long long size = 0;
             size_t i;
 
+            /* At most 19 digits: no overflow of unsigned long long. */
             for (i = 5; i < n; i++) {
-                if (!isdigit((unsigned char)p[i]) || i > 24) {
+                if (!isdigit((unsigned char)p[i]) || n > 5 + 19) {
                     reply_error(s, "501 5.5.4 Bad SIZE parameter");
                     return -1;
                 }
@@ -364,8 +365,10 @@ mail_params(struct smtp_server *s, const char *p)
                                "maximum message size");
                 return -1;
             }
-        } else if ((n == 9 && strncasecmp(p, "BODY=7BIT", 9) == 0) ||
-                   (n == 14 && strncasecmp(p, "BODY=8BITMIME", 14) == 0)) {
+        } else if ((n == strlen("BODY=7BIT") &&
+                    strncasecmp(p, "BODY=7BIT", n) == 0) ||
+                   (n == strlen("BODY=8BITMIME") &&
+                    strncasecmp(p, "BODY=8BITMIME", n) == 0)) {
             /* nothing to do: we carry 8-bit data as it is */
         } else {
             reply_error(s, "555 5.5.4 Unsupported MAIL parameter");
