@@ -27,8 +27,10 @@ struct arena_cleanup {
 struct arena_big {
     struct arena_big *next;
     size_t size;
-    uint64_t pad;                /* keep the payload 16-byte aligned */
+    uint64_t pad[2];             /* keep the payload 16-byte aligned */
 };
+
+_Static_assert(sizeof(struct arena_big) % 16 == 0, "arena_big alignment");
 
 struct arena {
     struct arena_pool *pool;
