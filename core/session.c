@@ -26,7 +26,10 @@
  *   completed, so a buffer is never touched while the kernel reads it.
  *
  *   A session is freed when it is closing and has nothing in flight (recv,
- *   send, cancel, commit): s->inflight counts them.
+ *   send, cancel, commit): s->inflight counts them, and every entry point
+ *   (each completion, each call from the shard) holds one more count for
+ *   its own duration, so a handler never touches a freed session: only
+ *   session_leave() frees.
  *
  *   session_timeouts() (shard tick) closes sessions idle for longer than
  *   Idle_Timeout (commands) or Data_Timeout (inside DATA) with 421 4.4.2.
@@ -96,6 +99,25 @@ struct session {
 
 static void session_run(struct session *s, const char *data, size_t len);
 static void session_close(struct session *s);
+static void session_free(struct session *s);
+
+
+/* session_enter - hold s for the duration of a call from outside */
+static inline void
+session_enter(struct session *s)
+{
+    s->inflight++;
+}
+
+
+/* session_leave - drop one hold (or one finished op); frees when last */
+static void
+session_leave(struct session *s)
+{
+    ASSERT(s->inflight > 0);
+    if (--s->inflight == 0 && s->closing)
+        session_free(s);
+}
 
 
 /* --- activity lists ------------------------------------------------------ */
@@ -186,11 +208,11 @@ session_send_done(struct op *op, int res, uint32_t flags)
     struct session *s = container_of(op, struct session, send_op);
 
     s->send_busy = 0;
-    s->inflight--;
     if (res > 0) {
         s->sent += (size_t)res;
         if (s->sent < s->sending.len && !s->closing) {
             session_send_submit(s);
+            session_leave(s);
             return;
         }
     }
@@ -200,14 +222,11 @@ session_send_done(struct op *op, int res, uint32_t flags)
     if (res <= 0) {
         /* The peer went away or reset: nothing more to say to it. */
         session_close(s);
-        return;
+    } else if (!s->closing) {
+        /* More replies, or input held back by SMTP_EV_FLUSH. */
+        session_run(s, NULL, 0);
     }
-    if (s->closing) {
-        session_close(s);
-        return;
-    }
-    /* More replies, or input held back by SMTP_EV_FLUSH. */
-    session_run(s, NULL, 0);
+    session_leave(s);
 }
 
 
@@ -247,9 +266,7 @@ session_recv_arm(struct session *s)
 static void
 session_cancel_finish(struct session *s)
 {
-    s->inflight--;
-    if (s->closing)
-        session_close(s);
+    session_leave(s);
 }
 
 
@@ -304,9 +321,10 @@ session_recv_done(struct op *op, int res, uint32_t flags)
     struct session *s = container_of(op, struct session, recv_op);
     struct shard *sh = s->sh;
 
+    session_enter(s);
     if (!(flags & IORING_CQE_F_MORE)) {
         s->recv_armed = 0;
-        s->inflight--;
+        s->inflight--;           /* the multishot op is over */
     }
     if (res > 0) {
         unsigned bid = flags >> IORING_CQE_BUFFER_SHIFT;
@@ -320,15 +338,11 @@ session_recv_done(struct op *op, int res, uint32_t flags)
     } else if (res == 0 || (res != -ENOBUFS && res != -ECANCELED)) {
         /* EOF or a socket error: a transaction in progress is dropped. */
         session_close(s);
-        return;
-    }
-    if (s->closing) {
-        session_close(s);
-        return;
     }
     /* Re-arm whenever the multishot ended (ENOBUFS, full CQ, ...). */
-    if (!s->recv_armed && !s->recv_paused)
+    if (!s->closing && !s->recv_armed && !s->recv_paused)
         session_recv_arm(s);
+    session_leave(s);
 }
 
 
@@ -342,19 +356,17 @@ session_commit_done(struct spool_msg *m, int res)
 
     ASSERT(s->commit_busy);
     s->commit_busy = 0;
-    s->inflight--;
     if (res == 0) {
         sh->stats.messages_received++;
     } else {
         sh->stats.commit_failures++;
     }
-    if (s->closing) {
-        /* The peer left before its answer; the message is still kept. */
-        session_close(s);
-        return;
+    /* If the peer left before its answer, the message is kept all the same. */
+    if (!s->closing) {
+        smtp_server_commit_done(&s->smtp, res);
+        session_run(s, NULL, 0);
     }
-    smtp_server_commit_done(&s->smtp, res);
-    session_run(s, NULL, 0);
+    session_leave(s);
 }
 
 
@@ -484,8 +496,8 @@ session_free(struct session *s)
 
 
 /*
- * session_close - stop everything and free the session once nothing is in
- * flight; called again by each completion until then.
+ * session_close - stop everything; session_leave() frees the session once
+ * nothing is in flight.
  */
 static void
 session_close(struct session *s)
@@ -504,8 +516,6 @@ session_close(struct session *s)
             s->inflight++;
         }
     }
-    if (s->inflight == 0)
-        session_free(s);
 }
 
 
@@ -525,9 +535,10 @@ session_start(struct shard *sh, struct shard_listen *l, int fd)
     s->send_op.done = session_send_done;
     sh->sessions++;
     sh->stats.sessions_accepted++;
+    session_enter(s);
     if (getpeername(fd, (struct sockaddr *)&s->peer, &alen) < 0) {
         s->closing = 1;
-        session_free(s);
+        session_leave(s);
         return;
     }
     if (s->peer.ss_family == AF_INET6)
@@ -561,6 +572,7 @@ session_start(struct shard *sh, struct shard_listen *l, int fd)
         s->want_close = 1;
     }
     session_run(s, NULL, 0);
+    session_leave(s);
 }
 
 
@@ -570,11 +582,13 @@ session_shutdown(struct session *s)
 {
     if (s->closing)
         return;
+    session_enter(s);
     smtp_server_shutdown(&s->smtp);
     if (s->smtp.state == SMTP_STATE_CLOSED)
         s->want_close = 1;
     if (!s->commit_busy)
         session_run(s, NULL, 0);
+    session_leave(s);
 }
 
 
@@ -582,9 +596,11 @@ session_shutdown(struct session *s)
 static void
 session_expire(struct session *s)
 {
+    session_enter(s);
     smtp_server_timeout(&s->smtp);
     session_flush(s);
     session_close(s);
+    session_leave(s);
 }
 
 
