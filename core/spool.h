@@ -24,7 +24,9 @@
  *   still live, drops a torn record at the tail of a segment (it never got
  *   its 250), moves a corrupt record in the middle aside to corrupt/ with a
  *   paniclog line, and then opens a fresh segment for appending (old
- *   segments are never appended to again).
+ *   segments are never appended to again). A message is live until DONE
+ *   records (in any segment) cover all its recipients; f->rcpt_done tells
+ *   which ones a partly delivered message still has to go to.
  *
  *   spool_commit() queues m for the next group commit; m->done(m, res) runs
  *   exactly once: res 0 when the message is durable, or -errno (-EIO,
@@ -35,14 +37,28 @@
  *   queued meanwhile go in the next batch, so under load one fdatasync
  *   covers many messages.
  *
- *   After a write or fdatasync error the spool is failed: commits fail at
- *   once with -EIO, spool_failed() is true (the listener answers new
- *   sessions 421 4.3.2), and a probe every second tries a fresh segment;
- *   when one is written and synced, the spool works again.
+ *   After a write, fdatasync or segment creation error the spool is
+ *   failed: the batch's messages and everything queued get that -errno
+ *   (-ENOSPC: answer 452 4.3.1; anything else: 451 4.3.0), later commits
+ *   fail the same way at the next flush, spool_failed() is true (the
+ *   listener answers new sessions 421 4.3.2), and a probe every second
+ *   tries a fresh segment; when one is written and synced, the spool works
+ *   again. spool_failed() returns that -errno, 0 when working.
+ *
+ *   spool_flush() copies queued messages into the next batch buffer even
+ *   while a batch is on the disk, so that batch goes out the moment the
+ *   previous one completes; a message larger than 1 GiB fails with -EFBIG.
+ *
+ *   spool_idle() is true when nothing is queued and no write or segment
+ *   operation is in flight; the caller runs the loop until then and calls
+ *   spool_close(), which cancels the probe timer (running loop turns until
+ *   its completion arrives) and closes everything synchronously.
  *
  *   spool_scan() reads a shard directory without a loop (for tools and
- *   tests): it reports each committed message and counts torn and corrupt
- *   records, changing nothing on disk.
+ *   tests): it reports each committed live message and counts torn and
+ *   corrupt records, changing nothing on disk (spool_open() also moves
+ *   corrupt records aside and deletes segments holding nothing but their
+ *   header).
  * OWNERSHIP
  *   struct spool_msg and everything it points at belong to the caller (the
  *   session's transaction arena) and must stay valid until m->done runs.
@@ -97,6 +113,9 @@ struct spool_found {
     uint64_t body_bytes;
     const char *segment;         /* file name */
     uint64_t offset;             /* of the MSG record */
+    unsigned shard_id;           /* from the segment header */
+    const unsigned char *rcpt_done;  /* [rcpt_count], 1 = a DONE covers
+                                        it; NULL when none does */
 };
 
 typedef void spool_recovered_fn(void *arg, const struct spool_found *f);
@@ -106,10 +125,12 @@ struct spool_scan_stats {
     uint64_t messages;           /* committed (MSG + END) */
     uint64_t torn;               /* dropped at a segment's tail */
     uint64_t corrupt;            /* moved aside */
-    uint64_t bytes;
+    uint64_t bytes;              /* body bytes of the live messages */
+    uint64_t live;               /* reported: committed, not all DONE */
 };
 
 struct spool_batch;
+struct spool_prep;
 
 struct spool {
     struct loop *lp;
@@ -130,6 +151,14 @@ struct spool {
     struct __kernel_timespec probe_ts;
     int probe_armed;
     int closing;
+    /* spool private, beyond the fields above */
+    uint64_t seg_bytes;          /* preallocated size of the segment */
+    uint32_t seg_salt;           /* its header crc seed (spool_rec.h) */
+    uint64_t seg_seq_max;        /* highest segment seq seen or used */
+    uint64_t rand_state;         /* salts */
+    struct spool_batch *fill;    /* the batch being encoded, not in flight */
+    struct spool_prep *prep;     /* the next segment, made on the ring */
+    unsigned aux_pending;        /* closes and unlinks in flight */
     /* statistics */
     uint64_t commits;
     uint64_t batches_done;

@@ -1,0 +1,1014 @@
+/*
+ * spool_test - group commit, recovery, damage handling and failure of the
+ * spool, on a real ring and a real disk (a mkdtemp directory under /tmp,
+ * which is ext4 here; tmpfs would make fdatasync free and hide ordering).
+ *
+ * The ENOSPC case mounts a 512 KiB tmpfs and is skipped when it cannot.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "crc32c.h"
+#include "log.h"
+#include "loop.h"
+#include "spool.h"
+#include "spool_rec.h"
+#include "util.h"
+
+#define TEST_RCPTS_MAX 4
+
+struct test_msg {
+    struct spool_msg m;
+    char id[SPOOL_ID_MAX];
+    char sender[64];
+    char peer[32];
+    char rcpt_buf[TEST_RCPTS_MAX][64];
+    const char *rcpts[TEST_RCPTS_MAX];
+    struct iovec iov[2];
+    char *body;
+    size_t body_len;
+    int done_calls;
+    int res;
+};
+
+struct found_copy {
+    char id[SPOOL_ID_MAX];
+    char *sender;
+    char *peer;
+    char **rcpts;
+    unsigned rcpt_count;
+    unsigned char *rcpt_done;
+    char *body;
+    uint64_t body_bytes;
+    char segment[64];
+    uint64_t offset;
+    int64_t received_unix;
+};
+
+struct found_set {
+    struct found_copy *v;
+    size_t n, cap;
+};
+
+struct fixture {
+    char dir[128];               /* short: paths below are built from it */
+    char shard[320];
+    char mnt[256];
+    int mounted;
+    struct loop lp;
+    struct spool sp;
+    int sp_open;
+    struct found_set found;
+};
+
+
+/* ---- helpers ---------------------------------------------------------- */
+
+static void
+flush_hook(struct loop *lp, void *arg)
+{
+    struct fixture *fx = arg;
+
+    if (fx->sp_open)
+        spool_flush(&fx->sp);
+}
+
+
+static void
+found_free(struct found_set *fs)
+{
+    size_t i;
+    unsigned j;
+
+    for (i = 0; i < fs->n; i++) {
+        struct found_copy *c = &fs->v[i];
+
+        for (j = 0; j < c->rcpt_count; j++)
+            free(c->rcpts[j]);
+        free(c->rcpts);
+        free(c->rcpt_done);
+        free(c->sender);
+        free(c->peer);
+        free(c->body);
+    }
+    free(fs->v);
+    memset(fs, 0, sizeof *fs);
+}
+
+
+static void
+found_collect(void *arg, const struct spool_found *f)
+{
+    struct found_set *fs = arg;
+    struct found_copy *c;
+    unsigned j;
+
+    if (fs->n == fs->cap) {
+        fs->cap = fs->cap ? fs->cap * 2 : 64;
+        fs->v = xrealloc(fs->v, fs->cap * sizeof *fs->v);
+    }
+    c = &fs->v[fs->n++];
+    memset(c, 0, sizeof *c);
+    snprintf(c->id, sizeof c->id, "%s", f->id);
+    c->sender = xstrdup(f->sender);
+    c->peer = xstrdup(f->peer);
+    c->rcpt_count = f->rcpt_count;
+    c->rcpts = xcalloc(f->rcpt_count, sizeof *c->rcpts);
+    for (j = 0; j < f->rcpt_count; j++)
+        c->rcpts[j] = xstrdup(f->rcpts[j]);
+    if (f->rcpt_done != NULL) {
+        c->rcpt_done = xmalloc(f->rcpt_count);
+        memcpy(c->rcpt_done, f->rcpt_done, f->rcpt_count);
+    }
+    c->body = xmalloc(f->body_bytes + 1);
+    memcpy(c->body, f->body, f->body_bytes);
+    c->body_bytes = f->body_bytes;
+    snprintf(c->segment, sizeof c->segment, "%s", f->segment);
+    c->offset = f->offset;
+    c->received_unix = f->received_unix;
+}
+
+
+static const struct found_copy *
+found_get(const struct found_set *fs, const char *id)
+{
+    size_t i;
+
+    for (i = 0; i < fs->n; i++) {
+        if (strcmp(fs->v[i].id, id) == 0)
+            return &fs->v[i];
+    }
+    return NULL;
+}
+
+
+static void
+test_msg_done(struct spool_msg *m, int res)
+{
+    struct test_msg *t = container_of(m, struct test_msg, m);
+
+    t->done_calls++;
+    t->res = res;
+}
+
+
+/* test_msg_make - message i with 1..3 recipients and body_len bytes */
+static struct test_msg *
+test_msg_make(struct fixture *fx, unsigned i, size_t body_len)
+{
+    struct test_msg *t = xcalloc(1, sizeof *t);
+    size_t k, half;
+    unsigned j;
+
+    spool_next_id(&fx->sp, t->id);
+    /* Every seventh has the null reverse path <>. */
+    if (i % 7 != 3)
+        snprintf(t->sender, sizeof t->sender, "sender%u@example.com", i);
+    snprintf(t->peer, sizeof t->peer, "192.0.2.%u", i % 250);
+    t->body_len = body_len;
+    t->body = xmalloc(body_len + 1);
+    for (k = 0; k < body_len; k++)
+        t->body[k] = (char)('A' + (k * 7 + i) % 26);
+    if (body_len >= 2) {
+        t->body[body_len - 2] = '\r';
+        t->body[body_len - 1] = '\n';
+    }
+    half = body_len / 3;
+    t->iov[0].iov_base = t->body;
+    t->iov[0].iov_len = half;
+    t->iov[1].iov_base = t->body + half;
+    t->iov[1].iov_len = body_len - half;
+    t->m.rcpt_count = i % 3 + 1;
+    for (j = 0; j < t->m.rcpt_count; j++) {
+        snprintf(t->rcpt_buf[j], sizeof t->rcpt_buf[j],
+                 "rcpt%u.%u@example.org", i, j);
+        t->rcpts[j] = t->rcpt_buf[j];
+    }
+    t->m.id = t->id;
+    t->m.received_unix = 1700000000 + i;
+    t->m.sender = t->sender;
+    t->m.rcpts = t->rcpts;
+    t->m.peer = t->peer;
+    t->m.body = t->iov;
+    t->m.body_iov_count = 2;
+    t->m.body_bytes = body_len;
+    t->m.done = test_msg_done;
+    return t;
+}
+
+
+static void
+test_msgs_free(struct test_msg **v, size_t n)
+{
+    size_t i;
+
+    for (i = 0; i < n; i++) {
+        if (v[i] != NULL) {
+            free(v[i]->body);
+            free(v[i]);
+        }
+    }
+}
+
+
+/* check_found - t was recovered exactly */
+static void
+check_found(const struct found_set *fs, const struct test_msg *t)
+{
+    const struct found_copy *c = found_get(fs, t->id);
+    unsigned j;
+
+    assert_non_null(c);
+    assert_string_equal(c->sender, t->sender);
+    assert_string_equal(c->peer, t->peer);
+    assert_int_equal(c->rcpt_count, t->m.rcpt_count);
+    for (j = 0; j < c->rcpt_count; j++)
+        assert_string_equal(c->rcpts[j], t->rcpts[j]);
+    assert_int_equal(c->body_bytes, t->body_len);
+    assert_memory_equal(c->body, t->body, t->body_len);
+    assert_int_equal(c->received_unix, t->m.received_unix);
+}
+
+
+static void
+fx_open(struct fixture *fx, uint64_t segment_bytes)
+{
+    int rc;
+
+    found_free(&fx->found);
+    rc = spool_open(&fx->sp, &fx->lp, fx->shard, 0, segment_bytes,
+                    found_collect, &fx->found);
+    assert_int_equal(rc, 0);
+    fx->sp_open = 1;
+}
+
+
+/* fx_run_until_idle - turn the loop until the spool has nothing out */
+static void
+fx_run_until_idle(struct fixture *fx)
+{
+    int i;
+
+    for (i = 0; i < 10000; i++) {
+        loop_run_once(&fx->lp, 50);
+        if (spool_idle(&fx->sp))
+            return;
+    }
+    fail_msg("spool never went idle");
+}
+
+
+static void
+fx_close(struct fixture *fx)
+{
+    fx_run_until_idle(fx);
+    spool_close(&fx->sp);
+    fx->sp_open = 0;
+}
+
+
+/* fx_commit_all - commit v[0..n) in turns of per_turn, wait for all */
+static void
+fx_commit_all(struct fixture *fx, struct test_msg **v, size_t n,
+              size_t per_turn)
+{
+    size_t i;
+
+    for (i = 0; i < n; i++) {
+        spool_commit(&fx->sp, &v[i]->m);
+        if ((i + 1) % per_turn == 0)
+            loop_run_once(&fx->lp, 0);
+    }
+    fx_run_until_idle(fx);
+    for (i = 0; i < n; i++)
+        assert_int_equal(v[i]->done_calls, 1);
+}
+
+
+static void
+fx_seg_path(const struct fixture *fx, const char *name, char *path,
+            size_t size)
+{
+    snprintf(path, size, "%s/%s", fx->shard, name);
+}
+
+
+/* log_contains - the paniclog has a line containing text */
+static int
+log_contains(const struct fixture *fx, const char *text)
+{
+    char path[512], buf[16384];
+    ssize_t n;
+    int fd;
+
+    snprintf(path, sizeof path, "%s/paniclog", fx->dir);
+    fd = open(path, O_RDONLY);
+    if (fd < 0)
+        return 0;
+    n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+        return 0;
+    buf[n] = '\0';
+    return strstr(buf, text) != NULL;
+}
+
+
+static unsigned
+count_segments(const char *dir)
+{
+    struct dirent *de;
+    unsigned n = 0;
+    uint64_t seq;
+    DIR *d;
+
+    d = opendir(dir);
+    assert_non_null(d);
+    while ((de = readdir(d)) != NULL) {
+        if (sscanf(de->d_name, "seg-%16" SCNx64 ".log", &seq) == 1)
+            n++;
+    }
+    closedir(d);
+    return n;
+}
+
+
+static int
+rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    (void)remove(path);
+    return 0;
+}
+
+
+static int
+setup(void **state)
+{
+    struct fixture *fx = xcalloc(1, sizeof *fx);
+    char log_path[512];
+
+    snprintf(fx->dir, sizeof fx->dir, "/tmp/spool_test.XXXXXX");
+    if (mkdtemp(fx->dir) == NULL)
+        return -1;
+    snprintf(fx->shard, sizeof fx->shard, "%s/0", fx->dir);
+    snprintf(log_path, sizeof log_path, "%s/paniclog", fx->dir);
+    if (log_open(log_path) < 0)
+        return -1;
+    /* Paniclog lines are checked in the file; stderr only when asked. */
+    log_set_stderr(getenv("SPOOL_TEST_VERBOSE") != NULL);
+    if (loop_init(&fx->lp, 256, 4096) < 0)
+        return -1;
+    loop_before_wait(&fx->lp, flush_hook, fx);
+    *state = fx;
+    return 0;
+}
+
+
+static int
+teardown(void **state)
+{
+    struct fixture *fx = *state;
+
+    if (fx->sp_open) {
+        fx_run_until_idle(fx);
+        spool_close(&fx->sp);
+    }
+    loop_fini(&fx->lp);
+    if (fx->mounted)
+        umount2(fx->mnt, MNT_DETACH);
+    log_close();
+    log_set_stderr(1);
+    nftw(fx->dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    found_free(&fx->found);
+    free(fx);
+    return 0;
+}
+
+
+/* ---- cases ------------------------------------------------------------ */
+
+static void
+test_crc32c_vector(void **state)
+{
+    static const char big[] = "The quick brown fox jumps over the lazy dog";
+    uint32_t a;
+
+    assert_int_equal(crc32c(0, "123456789", 9), 0xE3069283u);
+    assert_int_equal(crc32c_sw(0, "123456789", 9), 0xE3069283u);
+    assert_int_equal(crc32c(0, "", 0), 0);
+    a = crc32c(0, big, 10);
+    a = crc32c(a, big + 10, sizeof big - 11);
+    assert_int_equal(a, crc32c(0, big, sizeof big - 1));
+    assert_int_equal(crc32c(0, big + 1, sizeof big - 2),
+                     crc32c_sw(0, big + 1, sizeof big - 2));
+}
+
+
+static void
+test_group_commit_one_fdatasync(void **state)
+{
+    struct fixture *fx = *state;
+    struct test_msg *v[20];
+    size_t i;
+
+    fx_open(fx, 1 << 20);
+    for (i = 0; i < ARRAY_SIZE(v); i++) {
+        v[i] = test_msg_make(fx, (unsigned)i, 1000 + i * 10);
+        spool_commit(&fx->sp, &v[i]->m);
+    }
+    /* Nothing is acknowledged before the loop ran the write and sync. */
+    for (i = 0; i < ARRAY_SIZE(v); i++)
+        assert_int_equal(v[i]->done_calls, 0);
+    fx_run_until_idle(fx);
+    for (i = 0; i < ARRAY_SIZE(v); i++) {
+        assert_int_equal(v[i]->done_calls, 1);
+        assert_int_equal(v[i]->res, 0);
+    }
+    assert_int_equal(fx->sp.fdatasyncs, 1);
+    assert_int_equal(fx->sp.batches_done, 1);
+    assert_int_equal(fx->sp.commits, ARRAY_SIZE(v));
+    assert_true(fx->sp.bytes_written > 20 * 1000);
+    assert_int_equal(spool_failed(&fx->sp), 0);
+    test_msgs_free(v, ARRAY_SIZE(v));
+}
+
+
+static void
+test_recover_exact(void **state)
+{
+    struct fixture *fx = *state;
+    struct test_msg *v[60];
+    size_t i;
+
+    fx_open(fx, 1 << 20);
+    assert_int_equal(fx->found.n, 0);
+    for (i = 0; i < ARRAY_SIZE(v); i++)
+        v[i] = test_msg_make(fx, (unsigned)i, 10 + i * 97);
+    fx_commit_all(fx, v, ARRAY_SIZE(v), 7);
+    for (i = 0; i < ARRAY_SIZE(v); i++)
+        assert_int_equal(v[i]->res, 0);
+    fx_close(fx);
+
+    fx_open(fx, 1 << 20);
+    assert_int_equal(fx->found.n, ARRAY_SIZE(v));
+    assert_int_equal(fx->sp.recovered.messages, ARRAY_SIZE(v));
+    assert_int_equal(fx->sp.recovered.live, ARRAY_SIZE(v));
+    assert_int_equal(fx->sp.recovered.torn, 0);
+    assert_int_equal(fx->sp.recovered.corrupt, 0);
+    for (i = 0; i < ARRAY_SIZE(v); i++) {
+        check_found(&fx->found, v[i]);
+        /* Recovery reports in log order. */
+        assert_string_equal(fx->found.v[i].id, v[i]->id);
+    }
+    /* A reopened spool never appends to an old segment. */
+    assert_int_equal(count_segments(fx->shard), 2);
+    test_msgs_free(v, ARRAY_SIZE(v));
+}
+
+
+static int
+id_cmp(const void *a, const void *b)
+{
+    return strcmp(a, b);
+}
+
+
+static void
+test_ids_unique(void **state)
+{
+    struct fixture *fx = *state;
+    enum { PER = 3000 };
+    char (*ids)[SPOOL_ID_MAX] = xcalloc(3 * PER, SPOOL_ID_MAX);
+    struct spool other;
+    char other_dir[512];
+    size_t i;
+
+    fx_open(fx, 1 << 20);
+    snprintf(other_dir, sizeof other_dir, "%s/1", fx->dir);
+    assert_int_equal(spool_open(&other, &fx->lp, other_dir, 1, 1 << 20,
+                                NULL, NULL), 0);
+    for (i = 0; i < PER; i++) {
+        spool_next_id(&fx->sp, ids[i]);
+        spool_next_id(&other, ids[PER + i]);
+    }
+    fx_close(fx);
+    /* A restart of the same shard. */
+    fx_open(fx, 1 << 20);
+    for (i = 0; i < PER; i++)
+        spool_next_id(&fx->sp, ids[2 * PER + i]);
+    spool_close(&other);
+    for (i = 0; i < 3 * PER; i++)
+        assert_true(strlen(ids[i]) > 0 && strlen(ids[i]) < SPOOL_ID_MAX);
+    qsort(ids, 3 * PER, SPOOL_ID_MAX, id_cmp);
+    for (i = 1; i < 3 * PER; i++)
+        assert_string_not_equal(ids[i - 1], ids[i]);
+    free(ids);
+}
+
+
+static void
+test_empty_segments_reclaimed(void **state)
+{
+    struct fixture *fx = *state;
+    int i;
+
+    /* Each open makes a segment; unused ones must not pile up. */
+    for (i = 0; i < 5; i++) {
+        fx_open(fx, 1 << 20);
+        fx_close(fx);
+    }
+    assert_true(count_segments(fx->shard) <= 2);
+    fx_open(fx, 1 << 20);
+    assert_int_equal(fx->found.n, 0);
+    assert_int_equal(fx->sp.recovered.torn, 0);
+    assert_int_equal(fx->sp.recovered.corrupt, 0);
+}
+
+
+static void
+test_torn_tail(void **state)
+{
+    struct fixture *fx = *state;
+    struct test_msg *v[5];
+    const struct found_copy *last;
+    char path[512];
+    size_t i;
+
+    fx_open(fx, 1 << 20);
+    for (i = 0; i < ARRAY_SIZE(v); i++)
+        v[i] = test_msg_make(fx, (unsigned)i, 3000);
+    fx_commit_all(fx, v, ARRAY_SIZE(v), 1);
+    fx_close(fx);
+    found_free(&fx->found);
+    assert_int_equal(spool_scan(fx->shard, found_collect, &fx->found, NULL),
+                     0);
+    last = found_get(&fx->found, v[4]->id);
+    assert_non_null(last);
+    /* Cut the last MSG record in its body. */
+    fx_seg_path(fx, last->segment, path, sizeof path);
+    assert_int_equal(truncate(path, (off_t)last->offset + 1500), 0);
+
+    fx_open(fx, 1 << 20);
+    assert_int_equal(fx->found.n, 4);
+    for (i = 0; i < 4; i++)
+        check_found(&fx->found, v[i]);
+    assert_null(found_get(&fx->found, v[4]->id));
+    assert_int_equal(fx->sp.recovered.torn, 1);
+    assert_int_equal(fx->sp.recovered.corrupt, 0);
+    test_msgs_free(v, ARRAY_SIZE(v));
+}
+
+
+static void
+test_torn_msg_without_end(void **state)
+{
+    struct fixture *fx = *state;
+    struct test_msg *v[3];
+    char path[512], name[64];
+    uint64_t end_off;
+    size_t i;
+
+    fx_open(fx, 1 << 20);
+    for (i = 0; i < ARRAY_SIZE(v); i++)
+        v[i] = test_msg_make(fx, (unsigned)i, 500);
+    fx_commit_all(fx, v, ARRAY_SIZE(v), 3);
+    snprintf(name, sizeof name, "seg-%016llx.log",
+             (unsigned long long)fx->sp.seg_seq);
+    end_off = fx->sp.seg_off;
+    fx_close(fx);
+    /* Drop the last END only: 24-byte header + 16 + 4 + id + NUL, padded. */
+    fx_seg_path(fx, name, path, sizeof path);
+    assert_int_equal(truncate(path, (off_t)(end_off - spool_rec_size(
+        SPOOL_END_FIXED_BYTES + spool_rec_str_size(strlen(v[2]->id))))), 0);
+    fx_open(fx, 1 << 20);
+    assert_int_equal(fx->found.n, 2);
+    assert_null(found_get(&fx->found, v[2]->id));
+    assert_int_equal(fx->sp.recovered.torn, 1);
+    test_msgs_free(v, ARRAY_SIZE(v));
+}
+
+
+static void
+test_garbage_tail(void **state)
+{
+    struct fixture *fx = *state;
+    struct test_msg *v[3];
+    char path[512], name[64], junk[100];
+    uint64_t end_off;
+    size_t i;
+    int fd;
+
+    fx_open(fx, 1 << 20);
+    for (i = 0; i < ARRAY_SIZE(v); i++)
+        v[i] = test_msg_make(fx, (unsigned)i, 700);
+    fx_commit_all(fx, v, ARRAY_SIZE(v), 3);
+    snprintf(name, sizeof name, "seg-%016llx.log",
+             (unsigned long long)fx->sp.seg_seq);
+    end_off = fx->sp.seg_off;
+    fx_close(fx);
+    fx_seg_path(fx, name, path, sizeof path);
+    fd = open(path, O_WRONLY);
+    assert_true(fd >= 0);
+    memset(junk, 0xa5, sizeof junk);
+    assert_int_equal(pwrite(fd, junk, sizeof junk, (off_t)end_off),
+                     sizeof junk);
+    close(fd);
+
+    fx_open(fx, 1 << 20);
+    assert_int_equal(fx->found.n, 3);
+    for (i = 0; i < ARRAY_SIZE(v); i++)
+        check_found(&fx->found, v[i]);
+    assert_int_equal(fx->sp.recovered.torn, 1);
+    assert_int_equal(fx->sp.recovered.corrupt, 0);
+    test_msgs_free(v, ARRAY_SIZE(v));
+}
+
+
+/* corrupt_middle - commit 3, flip a byte in the body of the second */
+static void
+corrupt_middle(struct fixture *fx, struct test_msg **v, uint64_t *off,
+               char *name)
+{
+    const struct found_copy *mid;
+    char path[512];
+    unsigned char c;
+    size_t i;
+    int fd;
+
+    fx_open(fx, 1 << 20);
+    for (i = 0; i < 3; i++)
+        v[i] = test_msg_make(fx, (unsigned)i, 2000);
+    fx_commit_all(fx, v, 3, 3);
+    fx_close(fx);
+    found_free(&fx->found);
+    assert_int_equal(spool_scan(fx->shard, found_collect, &fx->found, NULL),
+                     0);
+    mid = found_get(&fx->found, v[1]->id);
+    assert_non_null(mid);
+    *off = mid->offset;
+    strcpy(name, mid->segment);
+    fx_seg_path(fx, name, path, sizeof path);
+    fd = open(path, O_RDWR);
+    assert_true(fd >= 0);
+    assert_int_equal(pread(fd, &c, 1, (off_t)(*off + 1000)), 1);
+    c ^= 0x20;
+    assert_int_equal(pwrite(fd, &c, 1, (off_t)(*off + 1000)), 1);
+    close(fd);
+}
+
+
+static void
+test_corrupt_middle(void **state)
+{
+    struct fixture *fx = *state;
+    struct test_msg *v[3];
+    char path[512], name[64];
+    struct stat sb;
+    uint64_t off;
+
+    corrupt_middle(fx, v, &off, name);
+    fx_open(fx, 1 << 20);
+    assert_int_equal(fx->found.n, 2);
+    check_found(&fx->found, v[0]);
+    check_found(&fx->found, v[2]);
+    assert_null(found_get(&fx->found, v[1]->id));
+    assert_int_equal(fx->sp.recovered.corrupt, 1);
+    assert_int_equal(fx->sp.recovered.torn, 0);
+    /* Moved aside under a name made of segment and offset. */
+    snprintf(path, sizeof path, "%s/corrupt/%s.%llu", fx->shard, name,
+             (unsigned long long)off);
+    assert_int_equal(stat(path, &sb), 0);
+    assert_true(sb.st_size > 2000);
+    assert_true(log_contains(fx, "corrupt record"));
+    assert_true(log_contains(fx, name));
+    test_msgs_free(v, 3);
+}
+
+
+/* append_mark - write a DONE record at the end of the current segment */
+static void
+append_mark(struct fixture *fx, const char *id, uint32_t rcpt)
+{
+    unsigned char rec[128];
+    size_t n;
+
+    assert_true(spool_idle(&fx->sp));
+    n = spool_rec_mark_encode(rec, sizeof rec, SPOOL_REC_DONE, id, rcpt,
+                              fx->sp.seg_salt);
+    assert_true(n > 0);
+    assert_int_equal(n % SPOOL_REC_ALIGN, 0);
+    assert_int_equal(pwrite(fx->sp.seg_fd, rec, n, (off_t)fx->sp.seg_off),
+                     (ssize_t)n);
+    assert_int_equal(fdatasync(fx->sp.seg_fd), 0);
+    fx->sp.seg_off += n;
+}
+
+
+static void
+test_done_record(void **state)
+{
+    struct fixture *fx = *state;
+    struct test_msg *v[3];
+    const struct found_copy *c;
+    size_t i;
+
+    fx_open(fx, 1 << 20);
+    for (i = 0; i < ARRAY_SIZE(v); i++)
+        v[i] = test_msg_make(fx, (unsigned)i, 300);
+    assert_int_equal(v[1]->m.rcpt_count, 2);
+    fx_commit_all(fx, v, ARRAY_SIZE(v), 3);
+    append_mark(fx, v[0]->id, SPOOL_RCPT_ALL);
+    append_mark(fx, v[1]->id, 0);
+    /* A message committed after the marks still works. */
+    fx_close(fx);
+
+    fx_open(fx, 1 << 20);
+    assert_int_equal(fx->found.n, 2);
+    assert_null(found_get(&fx->found, v[0]->id));
+    c = found_get(&fx->found, v[1]->id);
+    assert_non_null(c);
+    assert_non_null(c->rcpt_done);
+    assert_int_equal(c->rcpt_done[0], 1);
+    assert_int_equal(c->rcpt_done[1], 0);
+    c = found_get(&fx->found, v[2]->id);
+    assert_non_null(c);
+    assert_null(c->rcpt_done);
+    assert_int_equal(fx->sp.recovered.messages, 3);
+    assert_int_equal(fx->sp.recovered.live, 2);
+
+    /* The last recipient, marked in a later segment. */
+    append_mark(fx, v[1]->id, 1);
+    fx_close(fx);
+    fx_open(fx, 1 << 20);
+    assert_int_equal(fx->found.n, 1);
+    check_found(&fx->found, v[2]);
+    test_msgs_free(v, ARRAY_SIZE(v));
+}
+
+
+static void
+test_big_message(void **state)
+{
+    struct fixture *fx = *state;
+    struct test_msg *v[3];
+    char path[512];
+    struct stat sb;
+    size_t i;
+
+    fx_open(fx, 1 << 20);
+    v[0] = test_msg_make(fx, 0, 5000);
+    v[1] = test_msg_make(fx, 1, 3 << 20);
+    v[2] = test_msg_make(fx, 2, 5000);
+    fx_commit_all(fx, v, 3, 3);
+    for (i = 0; i < 3; i++)
+        assert_int_equal(v[i]->res, 0);
+    fx_close(fx);
+
+    fx_open(fx, 1 << 20);
+    assert_int_equal(fx->found.n, 3);
+    for (i = 0; i < 3; i++)
+        check_found(&fx->found, v[i]);
+    /* The big one got a segment of its own, larger than segment_bytes. */
+    fx_seg_path(fx, found_get(&fx->found, v[1]->id)->segment, path,
+                sizeof path);
+    assert_int_equal(stat(path, &sb), 0);
+    assert_true(sb.st_size > 3 << 20);
+    test_msgs_free(v, 3);
+}
+
+
+static void
+test_segment_roll(void **state)
+{
+    struct fixture *fx = *state;
+    enum { N = 400 };
+    struct test_msg **v = xcalloc(N, sizeof *v);
+    size_t i;
+
+    fx_open(fx, 64 << 10);
+    for (i = 0; i < N; i++)
+        v[i] = test_msg_make(fx, (unsigned)i, 1500 + (i % 5) * 200);
+    fx_commit_all(fx, v, N, 25);
+    for (i = 0; i < N; i++)
+        assert_int_equal(v[i]->res, 0);
+    /* Batches overlap the queue: far fewer syncs than messages. */
+    assert_true(fx->sp.fdatasyncs < N / 4);
+    assert_int_equal(fx->sp.commits, N);
+    fx_close(fx);
+    assert_true(count_segments(fx->shard) >= 8);
+
+    fx_open(fx, 64 << 10);
+    assert_int_equal(fx->found.n, N);
+    for (i = 0; i < N; i++)
+        check_found(&fx->found, v[i]);
+    assert_true(fx->sp.recovered.segments >= 8);
+    test_msgs_free(v, N);
+    free(v);
+}
+
+
+/* run_until_recovered - the probe runs every second */
+static void
+run_until_recovered(struct fixture *fx)
+{
+    uint64_t start = now_ms();
+
+    while (spool_failed(&fx->sp) != 0 && now_ms() - start < 5000)
+        loop_run_once(&fx->lp, 100);
+    assert_int_equal(spool_failed(&fx->sp), 0);
+}
+
+
+static void
+test_write_failure(void **state)
+{
+    struct fixture *fx = *state;
+    struct test_msg *v[4];
+    char path[512], name[64];
+    size_t i;
+    int ro;
+
+    fx_open(fx, 1 << 20);
+    for (i = 0; i < ARRAY_SIZE(v); i++)
+        v[i] = test_msg_make(fx, (unsigned)i, 800);
+    fx_commit_all(fx, v, 1, 1);
+    assert_int_equal(v[0]->res, 0);
+
+    /* Writes to the segment now fail with EBADF. */
+    snprintf(name, sizeof name, "seg-%016llx.log",
+             (unsigned long long)fx->sp.seg_seq);
+    fx_seg_path(fx, name, path, sizeof path);
+    ro = open(path, O_RDONLY | O_CLOEXEC);
+    assert_true(ro >= 0);
+    assert_true(dup2(ro, fx->sp.seg_fd) >= 0);
+    close(ro);
+    fx_commit_all(fx, v + 1, 1, 1);
+    assert_int_equal(v[1]->res, -EBADF);
+    assert_int_equal(spool_failed(&fx->sp), -EBADF);
+    /* While failed, commits fail at the next flush. */
+    fx_commit_all(fx, v + 2, 1, 1);
+    assert_int_equal(v[2]->res, -EBADF);
+    assert_true(log_contains(fx, "write failed"));
+
+    run_until_recovered(fx);
+    assert_int_not_equal(fx->sp.seg_fd, -1);
+    fx_commit_all(fx, v + 3, 1, 1);
+    assert_int_equal(v[3]->res, 0);
+    fx_close(fx);
+
+    fx_open(fx, 1 << 20);
+    assert_int_equal(fx->found.n, 2);
+    check_found(&fx->found, v[0]);
+    check_found(&fx->found, v[3]);
+    test_msgs_free(v, ARRAY_SIZE(v));
+}
+
+
+static void
+test_enospc(void **state)
+{
+    struct fixture *fx = *state;
+    enum { N = 60 };
+    struct test_msg *v[N];
+    char filler[512];
+    struct statvfs vfs;
+    uint64_t free_bytes;
+    size_t i, ok = 0, nospc = 0;
+    int fd;
+
+    snprintf(fx->mnt, sizeof fx->mnt, "%s/mnt", fx->dir);
+    assert_int_equal(mkdir(fx->mnt, 0700), 0);
+    if (mount("none", fx->mnt, "tmpfs", 0, "size=512k") < 0)
+        skip();
+    fx->mounted = 1;
+    snprintf(fx->shard, sizeof fx->shard, "%s/0", fx->mnt);
+    fx_open(fx, 128 << 10);
+
+    /* Leave less than one segment free. */
+    assert_int_equal(statvfs(fx->mnt, &vfs), 0);
+    free_bytes = (uint64_t)vfs.f_bavail * vfs.f_frsize;
+    snprintf(filler, sizeof filler, "%s/filler", fx->mnt);
+    fd = open(filler, O_WRONLY | O_CREAT, 0600);
+    assert_true(fd >= 0);
+    assert_int_equal(fallocate(fd, 0, 0, (off_t)(free_bytes - (64 << 10))),
+                     0);
+    close(fd);
+
+    memset(v, 0, sizeof v);
+    for (i = 0; i < N; i++) {
+        v[i] = test_msg_make(fx, (unsigned)i, 8 << 10);
+        fx_commit_all(fx, v + i, 1, 1);
+        if (v[i]->res == 0) {
+            ok++;
+        } else {
+            assert_int_equal(v[i]->res, -ENOSPC);
+            nospc++;
+            break;
+        }
+    }
+    assert_true(ok > 5);
+    assert_int_equal(nospc, 1);
+    assert_int_equal(spool_failed(&fx->sp), -ENOSPC);
+    assert_true(log_contains(fx, "No space left on device"));
+
+    /* Space comes back: the probe makes a segment, commits work again. */
+    assert_int_equal(unlink(filler), 0);
+    run_until_recovered(fx);
+    assert_true(log_contains(fx, "working again"));
+    v[N - 1] = test_msg_make(fx, N - 1, 8 << 10);
+    fx_commit_all(fx, v + N - 1, 1, 1);
+    assert_int_equal(v[N - 1]->res, 0);
+    fx_close(fx);
+
+    fx_open(fx, 128 << 10);
+    assert_int_equal(fx->found.n, ok + 1);
+    for (i = 0; i < ok; i++)
+        check_found(&fx->found, v[i]);
+    check_found(&fx->found, v[N - 1]);
+    fx_close(fx);
+    test_msgs_free(v, N);
+}
+
+
+static void
+test_scan_counts(void **state)
+{
+    struct fixture *fx = *state;
+    struct spool_scan_stats st;
+    struct test_msg *v[3];
+    char path[512], name[64], junk[64];
+    struct stat sb;
+    uint64_t off;
+    int fd;
+
+    assert_int_equal(spool_scan("/nonexistent/spool", NULL, NULL, &st),
+                     -ENOENT);
+    corrupt_middle(fx, v, &off, name);
+    /* Add garbage at the very end: a torn tail after the corruption. */
+    fx_seg_path(fx, name, path, sizeof path);
+    fd = open(path, O_WRONLY | O_APPEND);
+    assert_true(fd >= 0);
+    memset(junk, 0x5a, sizeof junk);
+    assert_int_equal(write(fd, junk, sizeof junk), sizeof junk);
+    close(fd);
+
+    found_free(&fx->found);
+    assert_int_equal(spool_scan(fx->shard, found_collect, &fx->found, &st),
+                     0);
+    assert_int_equal(st.segments, 1);
+    assert_int_equal(st.messages, 2);
+    assert_int_equal(st.live, 2);
+    assert_int_equal(st.corrupt, 1);
+    assert_int_equal(st.torn, 1);
+    assert_int_equal(st.bytes, 4000);
+    assert_int_equal(fx->found.n, 2);
+    /* spool_scan changes nothing on disk. */
+    snprintf(path, sizeof path, "%s/corrupt", fx->shard);
+    assert_int_equal(stat(path, &sb), -1);
+    test_msgs_free(v, 3);
+}
+
+
+int
+main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_crc32c_vector),
+        cmocka_unit_test_setup_teardown(test_group_commit_one_fdatasync,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_recover_exact, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_ids_unique, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_empty_segments_reclaimed, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_torn_tail, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_torn_msg_without_end, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_garbage_tail, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_corrupt_middle, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_done_record, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_big_message, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_segment_roll, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_write_failure, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_enospc, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_scan_counts, setup, teardown),
+    };
+
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
