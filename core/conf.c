@@ -1,0 +1,1221 @@
+/*
+ * conf - see conf.h
+ *
+ * conf_load() walks the tree from conf_parse.h against two tables, in the
+ * manner of nginx's ngx_command_t:
+ *
+ *   conf_directives[]  one row per option: name, the scopes it may appear
+ *                      in, a generic setter, where the value lands (offsetof
+ *                      into the struct that the scope fills), its range and
+ *                      its default written in config syntax.
+ *   conf_scopes[]      one row per scope: name, the scopes it may appear
+ *                      in, whether it takes an instance name, and enter /
+ *                      leave callbacks; enter returns the struct its options
+ *                      fill, or NULL to skip its body.
+ *
+ * Adding an option is one row in conf_directives[] (plus its field in
+ * conf.h and its entry in docs/configuration.md). Adding a scope is one
+ * CONF_SCOPE_* bit, one row in conf_scopes[] and its enter callback.
+ *
+ * Defaults are applied after a scope's body, for each of its options that
+ * the file did not set, by running the option's setter on its default text,
+ * so a default obeys the same range as a written value.
+ */
+#include "conf.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <strings.h>
+#include <unistd.h>
+
+#include "conf_parse.h"
+#include "util.h"
+
+#define KIB ((uint64_t)1 << 10)
+#define MIB ((uint64_t)1 << 20)
+#define GIB ((uint64_t)1 << 30)
+
+#define SEC   ((uint64_t)1000)
+#define MIN_S (60 * SEC)
+#define HOUR  (60 * MIN_S)
+#define DAY   (24 * HOUR)
+
+enum conf_scope_bit {
+    CONF_SCOPE_GLOBAL = 1u << 0,
+    CONF_SCOPE_ESMTP_LISTENER = 1u << 1,
+    CONF_SCOPE_LISTEN = 1u << 2,
+};
+
+enum conf_instance {
+    CONF_INSTANCE_NONE,
+    CONF_INSTANCE_OPTIONAL,
+    CONF_INSTANCE_REQUIRED,
+};
+
+struct conf_ctx {
+    struct conf *c;
+    struct conf_errors *errs;
+    int syntax_errors;           /* skip checks a broken file would fail */
+};
+
+struct conf_directive;
+
+/* Report any error at n and return -EINVAL, or store the value at
+ * base + d->offset and return 0. */
+typedef int conf_set_fn(struct conf_ctx *ctx, const struct conf_directive *d,
+                        const struct conf_node *n, void *base);
+typedef void *conf_enter_fn(struct conf_ctx *ctx, const struct conf_node *n,
+                            void *parent);
+typedef void conf_leave_fn(struct conf_ctx *ctx, const struct conf_node *n,
+                           void *base);
+
+struct conf_directive {
+    const char *name;
+    unsigned scopes;             /* CONF_SCOPE_* where it may appear */
+    conf_set_fn *set;
+    size_t offset;               /* of the value in the scope's struct */
+    size_t count_offset;         /* list setters: of the size_t count */
+    uint64_t min;                /* range, in the stored unit */
+    uint64_t max;
+    const char *def;             /* default in config syntax, or NULL */
+};
+
+struct conf_scope {
+    const char *name;
+    unsigned bit;
+    unsigned parents;            /* CONF_SCOPE_* where it may appear */
+    enum conf_instance instance;
+    const char *example;         /* shown when the instance is missing */
+    conf_enter_fn *enter;
+    conf_leave_fn *leave;        /* or NULL */
+};
+
+static conf_set_fn conf_set_path, conf_set_hostname, conf_set_uint,
+    conf_set_auto_uint, conf_set_size, conf_set_duration, conf_set_cidrs;
+static conf_enter_fn conf_esmtp_listener_enter, conf_listen_enter;
+static conf_leave_fn conf_esmtp_listener_leave;
+
+#define GLOBAL CONF_SCOPE_GLOBAL
+#define LISTENER CONF_SCOPE_ESMTP_LISTENER
+#define C(field) offsetof(struct conf, field)
+#define L(field) offsetof(struct conf_esmtp_listener, field)
+
+static const struct conf_directive conf_directives[] = {
+    { "Spool_Base", GLOBAL, conf_set_path, C(spool_base), 0, 0, 0,
+      "spool" },
+    { "Shards", GLOBAL, conf_set_auto_uint, C(shards), 0, 1, 256, "auto" },
+    { "Hostname", GLOBAL, conf_set_hostname, C(hostname), 0, 1, 255,
+      NULL },
+    { "Paniclog", GLOBAL, conf_set_path, C(paniclog), 0, 0, 0,
+      "log/paniclog" },
+    { "Delivery_Log", GLOBAL, conf_set_path, C(delivery_log), 0, 0, 0,
+      "log/delivery.log" },
+    { "Max_Message_Size", GLOBAL, conf_set_size, C(max_message_size), 0,
+      1 * KIB, 2 * GIB, "20M" },
+    { "Max_Recipients_Per_Message", GLOBAL, conf_set_uint,
+      C(max_recipients), 0, 1, 100000, "100" },
+    { "Max_Connections", GLOBAL, conf_set_uint, C(max_connections), 0,
+      1, 1000000, "10000" },
+    { "Max_Connections_Per_IP", GLOBAL, conf_set_uint,
+      C(max_connections_per_ip), 0, 0, 1000000, "0" },
+    { "Idle_Timeout", GLOBAL, conf_set_duration, C(idle_timeout_ms), 0,
+      1 * SEC, 1 * DAY, "300s" },
+    { "Data_Timeout", GLOBAL, conf_set_duration, C(data_timeout_ms), 0,
+      1 * SEC, 1 * DAY, "180s" },
+    { "Shutdown_Timeout", GLOBAL, conf_set_duration,
+      C(shutdown_timeout_ms), 0, 0, 1 * HOUR, "30s" },
+    { "Spool_Segment_Size", GLOBAL, conf_set_size, C(spool_segment_size),
+      0, 1 * MIB, 1 * GIB, "64M" },
+    { "Relay_Hosts", LISTENER, conf_set_cidrs, L(relay_hosts),
+      L(relay_host_count), 0, 4096, "( \"127.0.0.0/8\" \"::1\" )" },
+};
+
+static const struct conf_scope conf_scopes[] = {
+    { "(global)", CONF_SCOPE_GLOBAL, 0, CONF_INSTANCE_NONE, NULL, NULL,
+      NULL },
+    { "ESMTP_Listener", CONF_SCOPE_ESMTP_LISTENER, GLOBAL,
+      CONF_INSTANCE_OPTIONAL, NULL, conf_esmtp_listener_enter,
+      conf_esmtp_listener_leave },
+    { "Listen", CONF_SCOPE_LISTEN, LISTENER, CONF_INSTANCE_REQUIRED,
+      "Listen \"127.0.0.1:25\" { }", conf_listen_enter, NULL },
+};
+
+#undef GLOBAL
+#undef LISTENER
+#undef C
+#undef L
+
+
+/* conf_errors_add - append "file:line: message" unless the list is full */
+void
+conf_errors_add(struct conf_errors *errs, const char *file, int line,
+                const char *fmt, ...)
+{
+    struct conf_error *e;
+    va_list ap;
+    int rc;
+
+    if (errs->count > CONF_ERRORS_MAX)
+        return;
+    errs->v = xrealloc(errs->v, (errs->count + 1) * sizeof *errs->v);
+    e = &errs->v[errs->count++];
+    e->file = xstrdup(file);
+    e->line = line;
+    if (errs->count > CONF_ERRORS_MAX) {
+        e->message = xstrdup("too many errors; not reporting the rest");
+        return;
+    }
+    va_start(ap, fmt);
+    rc = vasprintf(&e->message, fmt, ap);
+    va_end(ap);
+    if (rc < 0)
+        panic("out of memory formatting a configuration error");
+}
+
+
+/* conf_errors_print - write each error as FILE:LINE: message */
+void
+conf_errors_print(const struct conf_errors *errs, FILE *fp)
+{
+    size_t i;
+
+    for (i = 0; i < errs->count; i++) {
+        fprintf(fp, "%s:%d: %s\n", errs->v[i].file, errs->v[i].line,
+                errs->v[i].message);
+    }
+}
+
+
+/* conf_errors_fini - free every error and leave the list empty */
+void
+conf_errors_fini(struct conf_errors *errs)
+{
+    size_t i;
+
+    for (i = 0; i < errs->count; i++) {
+        free(errs->v[i].file);
+        free(errs->v[i].message);
+    }
+    free(errs->v);
+    errs->v = NULL;
+    errs->count = 0;
+}
+
+
+/* conf_errors_sort - order errors from index first by line, stably */
+static void
+conf_errors_sort(struct conf_errors *errs, size_t first)
+{
+    size_t end = errs->count;
+    size_t i, j;
+
+    /* "too many errors" stays last. */
+    if (end > CONF_ERRORS_MAX)
+        end--;
+    for (i = first + 1; i < end; i++) {
+        struct conf_error e = errs->v[i];
+
+        for (j = i; j > first && errs->v[j - 1].line > e.line; j--)
+            errs->v[j] = errs->v[j - 1];
+        errs->v[j] = e;
+    }
+}
+
+
+/* conf_number_prefix - read leading decimal digits; rest gets the suffix */
+static int
+conf_number_prefix(const char *s, uint64_t *v, const char **rest)
+{
+    uint64_t x = 0;
+    const char *p;
+
+    for (p = s; *p >= '0' && *p <= '9'; p++) {
+        if (x > (UINT64_MAX - (uint64_t)(*p - '0')) / 10)
+            return -ERANGE;
+        x = x * 10 + (uint64_t)(*p - '0');
+    }
+    if (p == s)
+        return -EINVAL;
+    *v = x;
+    *rest = p;
+    return 0;
+}
+
+
+/* conf_scaled - *out = v * unit, or -ERANGE */
+static int
+conf_scaled(uint64_t v, uint64_t unit, uint64_t *out)
+{
+    if (v > UINT64_MAX / unit)
+        return -ERANGE;
+    *out = v * unit;
+    return 0;
+}
+
+
+/* conf_uint_from_str - a plain decimal number */
+static int
+conf_uint_from_str(const char *s, uint64_t *v)
+{
+    const char *rest;
+    int rc = conf_number_prefix(s, v, &rest);
+
+    if (rc < 0)
+        return rc;
+    return *rest == '\0' ? 0 : -EINVAL;
+}
+
+
+/* conf_size_from_str - bytes with an optional K, M or G (1024-based) */
+int
+conf_size_from_str(const char *s, uint64_t *bytes)
+{
+    static const struct { const char *suffix; uint64_t unit; } units[] = {
+        { "", 1 }, { "K", KIB }, { "M", MIB }, { "G", GIB },
+    };
+    const char *rest;
+    uint64_t v;
+    size_t i;
+    int rc = conf_number_prefix(s, &v, &rest);
+
+    if (rc < 0)
+        return rc;
+    for (i = 0; i < ARRAY_SIZE(units); i++) {
+        if (strcasecmp(rest, units[i].suffix) == 0)
+            return conf_scaled(v, units[i].unit, bytes);
+    }
+    return -EINVAL;
+}
+
+
+/* conf_duration_from_str - milliseconds from seconds or ms, s, m, h, d */
+int
+conf_duration_from_str(const char *s, uint64_t *ms)
+{
+    static const struct { const char *suffix; uint64_t unit; } units[] = {
+        { "", SEC }, { "ms", 1 }, { "s", SEC }, { "m", MIN_S },
+        { "h", HOUR }, { "d", DAY },
+    };
+    const char *rest;
+    uint64_t v;
+    size_t i;
+    int rc = conf_number_prefix(s, &v, &rest);
+
+    if (rc < 0)
+        return rc;
+    for (i = 0; i < ARRAY_SIZE(units); i++) {
+        if (strcasecmp(rest, units[i].suffix) == 0)
+            return conf_scaled(v, units[i].unit, ms);
+    }
+    return -EINVAL;
+}
+
+
+/* conf_bool_from_str - true/false, yes/no, on/off, 1/0 */
+int
+conf_bool_from_str(const char *s, int *on)
+{
+    static const char *const yes[] = { "true", "yes", "on", "1" };
+    static const char *const no[] = { "false", "no", "off", "0" };
+    size_t i;
+
+    for (i = 0; i < ARRAY_SIZE(yes); i++) {
+        if (strcasecmp(s, yes[i]) == 0) {
+            *on = 1;
+            return 0;
+        }
+        if (strcasecmp(s, no[i]) == 0) {
+            *on = 0;
+            return 0;
+        }
+    }
+    return -EINVAL;
+}
+
+
+/* conf_size_text - v as the shortest exact size: 2G, 512K, 100 */
+static const char *
+conf_size_text(char *buf, size_t len, uint64_t v)
+{
+    if (v != 0 && v % GIB == 0)
+        snprintf(buf, len, "%lluG", (unsigned long long)(v / GIB));
+    else if (v != 0 && v % MIB == 0)
+        snprintf(buf, len, "%lluM", (unsigned long long)(v / MIB));
+    else if (v != 0 && v % KIB == 0)
+        snprintf(buf, len, "%lluK", (unsigned long long)(v / KIB));
+    else
+        snprintf(buf, len, "%llu", (unsigned long long)v);
+    return buf;
+}
+
+
+/* conf_duration_text - ms as the shortest exact duration: 1d, 300s, 250ms */
+static const char *
+conf_duration_text(char *buf, size_t len, uint64_t ms)
+{
+    if (ms != 0 && ms % DAY == 0)
+        snprintf(buf, len, "%llud", (unsigned long long)(ms / DAY));
+    else if (ms != 0 && ms % HOUR == 0)
+        snprintf(buf, len, "%lluh", (unsigned long long)(ms / HOUR));
+    else if (ms != 0 && ms % MIN_S == 0)
+        snprintf(buf, len, "%llum", (unsigned long long)(ms / MIN_S));
+    else if (ms % SEC == 0)
+        snprintf(buf, len, "%llus", (unsigned long long)(ms / SEC));
+    else
+        snprintf(buf, len, "%llums", (unsigned long long)ms);
+    return buf;
+}
+
+
+/* conf_scalar - the option's single value, or NULL when it is a list */
+static const char *
+conf_scalar(const struct conf_node *n)
+{
+    ASSERT(n->kind == CONF_NODE_OPTION);
+    return n->value_kind == CONF_VALUE_LIST ? NULL : n->value;
+}
+
+
+/* conf_field - the field of base that d sets */
+static void *
+conf_field(const struct conf_directive *d, void *base)
+{
+    return (char *)base + d->offset;
+}
+
+
+/* conf_path_resolve - value against dir; absolute paths stay as they are */
+static char *
+conf_path_resolve(const char *dir, const char *value)
+{
+    size_t dlen = strlen(dir);
+    char *out;
+
+    ASSERT(dir[0] == '/');
+    if (value[0] == '/')
+        return xstrdup(value);
+    /* dir is a realpath() (no symlinks, no dots), so leading ./ and ../
+     * can be folded into it without changing what the path names. */
+    for (;;) {
+        if (value[0] == '.' && (value[1] == '/' || value[1] == '\0')) {
+            value += 1;
+        } else if (value[0] == '.' && value[1] == '.' &&
+                   (value[2] == '/' || value[2] == '\0')) {
+            value += 2;
+            while (dlen > 1 && dir[dlen - 1] != '/')
+                dlen--;
+            if (dlen > 1)
+                dlen--;
+        } else {
+            break;
+        }
+        while (value[0] == '/')
+            value++;
+    }
+    out = xmalloc(dlen + 1 + strlen(value) + 1);
+    memcpy(out, dir, dlen);
+    out[dlen] = '\0';
+    if (value[0] != '\0') {
+        if (dlen > 1)
+            strcat(out, "/");
+        strcat(out, value);
+    }
+    return out;
+}
+
+
+/* conf_dir_of - the absolute, symlink-free directory of path */
+static char *
+conf_dir_of(const char *path)
+{
+    const char *slash = strrchr(path, '/');
+    char *dir, *real;
+
+    if (slash == NULL)
+        dir = xstrdup(".");
+    else if (slash == path)
+        dir = xstrdup("/");
+    else {
+        dir = xmalloc((size_t)(slash - path) + 1);
+        memcpy(dir, path, (size_t)(slash - path));
+        dir[slash - path] = '\0';
+    }
+    real = realpath(dir, NULL);
+    free(dir);
+    if (real == NULL)
+        return NULL;
+    dir = xstrdup(real);
+    free(real);
+    return dir;
+}
+
+
+/* conf_grow - room for one more element in an array of count elements */
+static void *
+conf_grow(void *v, size_t count, size_t size)
+{
+    /* Double when count reaches a power of two: amortised linear, with
+     * no capacity field in the public structs. */
+    if (count == 0)
+        return xrealloc(v, 1 * size);
+    if ((count & (count - 1)) == 0)
+        return xrealloc(v, 2 * count * size);
+    return v;
+}
+
+
+/* conf_set_path - a file or directory, resolved against the conf's dir */
+static int
+conf_set_path(struct conf_ctx *ctx, const struct conf_directive *d,
+              const struct conf_node *n, void *base)
+{
+    const char *v = conf_scalar(n);
+    char **field = conf_field(d, base);
+
+    if (v == NULL || v[0] == '\0') {
+        conf_errors_add(ctx->errs, n->file, n->line,
+                        "option '%s' expects a path", d->name);
+        return -EINVAL;
+    }
+    free(*field);
+    *field = conf_path_resolve(ctx->c->dir, v);
+    return 0;
+}
+
+
+/* conf_set_string - any single value of d->min to d->max bytes */
+static int __attribute__((unused))  /* first user: EHLO greeting options */
+conf_set_string(struct conf_ctx *ctx, const struct conf_directive *d,
+                const struct conf_node *n, void *base)
+{
+    const char *v = conf_scalar(n);
+    char **field = conf_field(d, base);
+
+    if (v == NULL || strlen(v) < d->min || strlen(v) > d->max) {
+        conf_errors_add(ctx->errs, n->file, n->line,
+                        "option '%s' expects a string of %llu to %llu "
+                        "characters", d->name, (unsigned long long)d->min,
+                        (unsigned long long)d->max);
+        return -EINVAL;
+    }
+    free(*field);
+    *field = xstrdup(v);
+    return 0;
+}
+
+
+/* conf_set_hostname - a host name or [address literal] for EHLO */
+static int
+conf_set_hostname(struct conf_ctx *ctx, const struct conf_directive *d,
+                  const struct conf_node *n, void *base)
+{
+    const char *v = conf_scalar(n);
+    char **field = conf_field(d, base);
+    size_t len = v != NULL ? strlen(v) : 0;
+
+    /* It goes into the greeting and EHLO verbatim: no space or line
+     * break may smuggle text into an SMTP reply. */
+    if (len < d->min || len > d->max ||
+        strspn(v, "abcdefghijklmnopqrstuvwxyz"
+                  "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                  "0123456789.-_:[]") != len) {
+        conf_errors_add(ctx->errs, n->file, n->line,
+                        "option '%s' expects a host name such as "
+                        "mail.example.com", d->name);
+        return -EINVAL;
+    }
+    free(*field);
+    *field = xstrdup(v);
+    return 0;
+}
+
+
+/* conf_set_uint - a number from d->min to d->max, stored as unsigned */
+static int
+conf_set_uint(struct conf_ctx *ctx, const struct conf_directive *d,
+              const struct conf_node *n, void *base)
+{
+    const char *v = conf_scalar(n);
+    uint64_t x;
+
+    ASSERT(d->max <= UINT_MAX);
+    if (v == NULL || conf_uint_from_str(v, &x) < 0 || x < d->min ||
+        x > d->max) {
+        conf_errors_add(ctx->errs, n->file, n->line,
+                        "option '%s' expects a number from %llu to %llu",
+                        d->name, (unsigned long long)d->min,
+                        (unsigned long long)d->max);
+        return -EINVAL;
+    }
+    *(unsigned *)conf_field(d, base) = (unsigned)x;
+    return 0;
+}
+
+
+/* conf_set_auto_uint - auto (stored as 0) or a number in d's range */
+static int
+conf_set_auto_uint(struct conf_ctx *ctx, const struct conf_directive *d,
+                   const struct conf_node *n, void *base)
+{
+    const char *v = conf_scalar(n);
+    uint64_t x;
+
+    ASSERT(d->min > 0);
+    ASSERT(d->max <= UINT_MAX);
+    if (v != NULL && strcasecmp(v, "auto") == 0) {
+        x = 0;
+    } else if (v == NULL || conf_uint_from_str(v, &x) < 0 || x < d->min ||
+               x > d->max) {
+        conf_errors_add(ctx->errs, n->file, n->line,
+                        "option '%s' expects auto or a number from %llu "
+                        "to %llu", d->name, (unsigned long long)d->min,
+                        (unsigned long long)d->max);
+        return -EINVAL;
+    }
+    *(unsigned *)conf_field(d, base) = (unsigned)x;
+    return 0;
+}
+
+
+/* conf_set_size - bytes with K, M or G in d's range, stored as uint64_t */
+static int
+conf_set_size(struct conf_ctx *ctx, const struct conf_directive *d,
+              const struct conf_node *n, void *base)
+{
+    const char *v = conf_scalar(n);
+    char lo[32], hi[32];
+    uint64_t x;
+
+    if (v == NULL || conf_size_from_str(v, &x) < 0 || x < d->min ||
+        x > d->max) {
+        conf_errors_add(ctx->errs, n->file, n->line,
+                        "option '%s' expects a size from %s to %s (bytes, "
+                        "or a number with K, M or G)", d->name,
+                        conf_size_text(lo, sizeof lo, d->min),
+                        conf_size_text(hi, sizeof hi, d->max));
+        return -EINVAL;
+    }
+    *(uint64_t *)conf_field(d, base) = x;
+    return 0;
+}
+
+
+/* conf_set_duration - a duration in d's range, stored as unsigned ms */
+static int
+conf_set_duration(struct conf_ctx *ctx, const struct conf_directive *d,
+                  const struct conf_node *n, void *base)
+{
+    const char *v = conf_scalar(n);
+    char lo[32], hi[32];
+    uint64_t ms;
+
+    ASSERT(d->max <= UINT_MAX);
+    if (v == NULL || conf_duration_from_str(v, &ms) < 0 || ms < d->min ||
+        ms > d->max) {
+        conf_errors_add(ctx->errs, n->file, n->line,
+                        "option '%s' expects a duration from %s to %s "
+                        "(seconds, or a number with ms, s, m, h or d)",
+                        d->name, conf_duration_text(lo, sizeof lo, d->min),
+                        conf_duration_text(hi, sizeof hi, d->max));
+        return -EINVAL;
+    }
+    *(unsigned *)conf_field(d, base) = (unsigned)ms;
+    return 0;
+}
+
+
+/* conf_set_bool - true or false, stored as int 1 or 0 */
+static int __attribute__((unused))  /* first user: TLS and DNS switches */
+conf_set_bool(struct conf_ctx *ctx, const struct conf_directive *d,
+              const struct conf_node *n, void *base)
+{
+    const char *v = conf_scalar(n);
+    int on;
+
+    if (v == NULL || conf_bool_from_str(v, &on) < 0) {
+        conf_errors_add(ctx->errs, n->file, n->line,
+                        "option '%s' expects true or false", d->name);
+        return -EINVAL;
+    }
+    *(int *)conf_field(d, base) = on;
+    return 0;
+}
+
+
+/* conf_items - a list's items, or a single value as a list of one */
+static size_t
+conf_items(const struct conf_node *n, char *const **items)
+{
+    if (n->value_kind == CONF_VALUE_LIST) {
+        *items = n->items;
+        return n->item_count;
+    }
+    *items = &n->value;
+    return 1;
+}
+
+
+/* conf_set_strings - up to d->max strings: char ** at offset, count */
+static int __attribute__((unused))  /* first user: Nameservers */
+conf_set_strings(struct conf_ctx *ctx, const struct conf_directive *d,
+                 const struct conf_node *n, void *base)
+{
+    char ***field = conf_field(d, base);
+    size_t *count = (size_t *)((char *)base + d->count_offset);
+    char *const *items;
+    size_t i, item_count = conf_items(n, &items);
+
+    if (item_count > d->max) {
+        conf_errors_add(ctx->errs, n->file, n->line,
+                        "option '%s' takes at most %llu items", d->name,
+                        (unsigned long long)d->max);
+        return -EINVAL;
+    }
+    for (i = 0; i < *count; i++)
+        free((*field)[i]);
+    free(*field);
+    *field = xcalloc(item_count, sizeof **field);
+    for (i = 0; i < item_count; i++)
+        (*field)[i] = xstrdup(items[i]);
+    *count = item_count;
+    return 0;
+}
+
+
+/* conf_cidr_from_str - ADDR or ADDR/PREFIX, IPv4 or IPv6, host bits masked */
+static int
+conf_cidr_from_str(const char *s, struct conf_cidr *out)
+{
+    char buf[INET6_ADDRSTRLEN + 8];
+    char *slash;
+    unsigned max_bits, i;
+    uint64_t bits;
+
+    if (strlen(s) >= sizeof buf)
+        return -EINVAL;
+    strcpy(buf, s);
+    memset(out, 0, sizeof *out);
+    slash = strchr(buf, '/');
+    if (slash != NULL)
+        *slash = '\0';
+    if (strchr(buf, ':') != NULL) {
+        out->family = AF_INET6;
+        max_bits = 128;
+    } else {
+        out->family = AF_INET;
+        max_bits = 32;
+    }
+    if (inet_pton(out->family, buf, out->addr) != 1)
+        return -EINVAL;
+    bits = max_bits;
+    if (slash != NULL &&
+        (conf_uint_from_str(slash + 1, &bits) < 0 || bits > max_bits))
+        return -EINVAL;
+    out->prefix_bits = (unsigned)bits;
+    for (i = 0; i < max_bits / 8; i++) {
+        if (bits >= 8 * (i + 1))
+            continue;
+        if (bits <= 8 * i)
+            out->addr[i] = 0;
+        else
+            out->addr[i] &= (uint8_t)(0xff << (8 * (i + 1) - bits));
+    }
+    return 0;
+}
+
+
+/* conf_set_cidrs - a list of networks: struct conf_cidr * at offset, count */
+static int
+conf_set_cidrs(struct conf_ctx *ctx, const struct conf_directive *d,
+               const struct conf_node *n, void *base)
+{
+    struct conf_cidr **field = conf_field(d, base);
+    size_t *count = (size_t *)((char *)base + d->count_offset);
+    struct conf_cidr *v;
+    char *const *items;
+    size_t i, item_count = conf_items(n, &items);
+    int rc = 0;
+
+    if (item_count > d->max) {
+        conf_errors_add(ctx->errs, n->file, n->line,
+                        "option '%s' takes at most %llu networks", d->name,
+                        (unsigned long long)d->max);
+        return -EINVAL;
+    }
+    v = xcalloc(item_count, sizeof *v);
+    for (i = 0; i < item_count; i++) {
+        if (conf_cidr_from_str(items[i], &v[i]) < 0) {
+            conf_errors_add(ctx->errs, n->file, n->line,
+                            "option '%s': bad network '%s' (expected an "
+                            "address or ADDRESS/PREFIX)", d->name,
+                            items[i]);
+            rc = -EINVAL;
+        }
+    }
+    if (rc < 0) {
+        free(v);
+        return rc;
+    }
+    free(*field);
+    *field = v;
+    *count = item_count;
+    return 0;
+}
+
+
+/* conf_cidr_match_one - does the address (family, bytes) lie in e */
+static int
+conf_cidr_match_one(const struct conf_cidr *e, int family,
+                    const uint8_t *addr)
+{
+    unsigned full = e->prefix_bits / 8;
+    unsigned rest = e->prefix_bits % 8;
+    uint8_t mask;
+
+    if (e->family != family)
+        return 0;
+    if (memcmp(e->addr, addr, full) != 0)
+        return 0;
+    if (rest == 0)
+        return 1;
+    mask = (uint8_t)(0xff << (8 - rest));
+    return (addr[full] & mask) == e->addr[full];
+}
+
+
+/* conf_cidr_match - 1 when sa lies in one of the n networks of list */
+int
+conf_cidr_match(const struct conf_cidr *list, size_t n,
+                const struct sockaddr *sa)
+{
+    const uint8_t *v4 = NULL, *v6 = NULL;
+    size_t i;
+
+    if (sa->sa_family == AF_INET) {
+        v4 = (const uint8_t *)&((const struct sockaddr_in *)
+                                (const void *)sa)->sin_addr;
+    } else if (sa->sa_family == AF_INET6) {
+        const struct in6_addr *a6 = &((const struct sockaddr_in6 *)
+                                      (const void *)sa)->sin6_addr;
+
+        v6 = a6->s6_addr;
+        if (IN6_IS_ADDR_V4MAPPED(a6))
+            v4 = a6->s6_addr + 12;
+    } else {
+        return 0;
+    }
+    for (i = 0; i < n; i++) {
+        if (v4 != NULL && conf_cidr_match_one(&list[i], AF_INET, v4))
+            return 1;
+        if (v6 != NULL && conf_cidr_match_one(&list[i], AF_INET6, v6))
+            return 1;
+    }
+    return 0;
+}
+
+
+/* conf_listen_from_str - IPV4:PORT, [IPV6]:PORT or *:PORT to a sockaddr */
+static int
+conf_listen_from_str(const char *s, struct sockaddr_storage *ss,
+                     socklen_t *len)
+{
+    char host[INET6_ADDRSTRLEN + 2];
+    const char *colon, *port_text;
+    int v6 = s[0] == '[';
+    size_t host_len;
+    int rc;
+    uint64_t port;
+
+    memset(ss, 0, sizeof *ss);
+    if (v6) {
+        const char *close = strchr(s, ']');
+
+        if (close == NULL || close[1] != ':')
+            return -EINVAL;
+        colon = close + 1;
+        s++;
+        host_len = (size_t)(close - s);
+    } else {
+        colon = strrchr(s, ':');
+        if (colon == NULL || memchr(s, ':', (size_t)(colon - s)) != NULL)
+            return -EINVAL;     /* IPv6 without brackets */
+        host_len = (size_t)(colon - s);
+    }
+    if (host_len == 0 || host_len >= sizeof host)
+        return -EINVAL;
+    memcpy(host, s, host_len);
+    host[host_len] = '\0';
+    port_text = colon + 1;
+    rc = conf_uint_from_str(port_text, &port);
+    if (rc < 0)
+        return rc;
+    if (port > 65535)
+        return -ERANGE;
+
+    if (v6) {
+        struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)(void *)ss;
+
+        if (inet_pton(AF_INET6, host, &sin6->sin6_addr) != 1)
+            return -EINVAL;
+        sin6->sin6_family = AF_INET6;
+        sin6->sin6_port = htons((uint16_t)port);
+        *len = sizeof *sin6;
+    } else {
+        struct sockaddr_in *sin = (struct sockaddr_in *)(void *)ss;
+
+        if (strcmp(host, "*") == 0)
+            sin->sin_addr.s_addr = htonl(INADDR_ANY);
+        else if (inet_pton(AF_INET, host, &sin->sin_addr) != 1)
+            return -EINVAL;
+        sin->sin_family = AF_INET;
+        sin->sin_port = htons((uint16_t)port);
+        *len = sizeof *sin;
+    }
+    return 0;
+}
+
+
+/* conf_esmtp_listener_enter - start one ESMTP_Listener */
+static void *
+conf_esmtp_listener_enter(struct conf_ctx *ctx, const struct conf_node *n,
+                          void *parent)
+{
+    struct conf *c = parent;
+    struct conf_esmtp_listener *l;
+
+    ASSERT(c == ctx->c);
+    c->listeners = conf_grow(c->listeners, c->listener_count,
+                             sizeof *c->listeners);
+    l = &c->listeners[c->listener_count++];
+    memset(l, 0, sizeof *l);
+    l->name = n->instance != NULL ? xstrdup(n->instance) : NULL;
+    return l;
+}
+
+
+/* conf_esmtp_listener_leave - a listener needs somewhere to listen */
+static void
+conf_esmtp_listener_leave(struct conf_ctx *ctx, const struct conf_node *n,
+                          void *base)
+{
+    struct conf_esmtp_listener *l = base;
+    const struct conf_node *child;
+
+    /* A Listen scope that failed was reported already. */
+    for (child = n->children; child != NULL; child = child->next) {
+        if (child->kind == CONF_NODE_SCOPE &&
+            strcasecmp(child->name, "Listen") == 0)
+            return;
+    }
+    if (l->listen_count == 0 && !ctx->syntax_errors) {
+        conf_errors_add(ctx->errs, n->file, n->line,
+                        "ESMTP_Listener has no Listen scope, as in "
+                        "Listen \"127.0.0.1:25\" { }");
+    }
+}
+
+
+/* conf_listen_enter - one Listen "ADDR:PORT" { } of an ESMTP_Listener */
+static void *
+conf_listen_enter(struct conf_ctx *ctx, const struct conf_node *n,
+                  void *parent)
+{
+    struct conf_esmtp_listener *l = parent;
+    struct sockaddr_storage ss;
+    struct conf_listen *li;
+    socklen_t len = 0;
+    int rc;
+
+    ASSERT(n->instance != NULL);
+    rc = conf_listen_from_str(n->instance, &ss, &len);
+    if (rc == -ERANGE) {
+        conf_errors_add(ctx->errs, n->file, n->line,
+                        "bad Listen address '%s': port must be 0 to 65535",
+                        n->instance);
+        return NULL;
+    }
+    if (rc < 0) {
+        conf_errors_add(ctx->errs, n->file, n->line,
+                        "bad Listen address '%s': expected IPV4:PORT, "
+                        "[IPV6]:PORT or *:PORT", n->instance);
+        return NULL;
+    }
+    l->listens = conf_grow(l->listens, l->listen_count, sizeof *l->listens);
+    li = &l->listens[l->listen_count++];
+    memset(li, 0, sizeof *li);
+    li->addr = ss;
+    li->addr_len = len;
+    li->text = xstrdup(n->instance);
+    li->file = ctx->c->path;
+    li->line = n->line;
+    return li;
+}
+
+
+/* conf_directive_find - the option row named name, or NULL */
+static const struct conf_directive *
+conf_directive_find(const char *name)
+{
+    size_t i;
+
+    for (i = 0; i < ARRAY_SIZE(conf_directives); i++) {
+        if (strcasecmp(conf_directives[i].name, name) == 0)
+            return &conf_directives[i];
+    }
+    return NULL;
+}
+
+
+/* conf_scope_find - the scope row named name allowed in parent, or any */
+static const struct conf_scope *
+conf_scope_find(const char *name, unsigned parent)
+{
+    const struct conf_scope *any = NULL;
+    size_t i;
+
+    for (i = 0; i < ARRAY_SIZE(conf_scopes); i++) {
+        if (conf_scopes[i].parents == 0 ||
+            strcasecmp(conf_scopes[i].name, name) != 0)
+            continue;
+        if (conf_scopes[i].parents & parent)
+            return &conf_scopes[i];
+        any = &conf_scopes[i];
+    }
+    return parent == 0 ? any : NULL;
+}
+
+
+/* conf_scope_where - "the global scope" or "ESMTP_Listener", for errors */
+static const char *
+conf_scope_where(unsigned bit)
+{
+    size_t i;
+
+    if (bit == CONF_SCOPE_GLOBAL)
+        return "the global scope";
+    for (i = 0; i < ARRAY_SIZE(conf_scopes); i++) {
+        if (conf_scopes[i].bit == bit)
+            return conf_scopes[i].name;
+    }
+    panic("scope bit %#x has no row", bit);
+}
+
+
+/* conf_default - run d's setter on its default text */
+static void
+conf_default(struct conf_ctx *ctx, const struct conf_directive *d,
+             void *base)
+{
+    struct conf_errors errs = { 0 };
+    struct conf_node *root;
+    char text[256];
+    size_t before = ctx->errs->count;
+    int len, rc;
+
+    len = snprintf(text, sizeof text, "%s = %s\n", d->name, d->def);
+    ASSERT(len > 0 && (size_t)len < sizeof text);
+    root = conf_parse_buf("(default)", text, (size_t)len, &errs);
+    ASSERT(errs.count == 0);
+    ASSERT(root->children != NULL);
+    ASSERT(root->children->kind == CONF_NODE_OPTION);
+    rc = d->set(ctx, d, root->children, base);
+    ASSERT(rc == 0);
+    ASSERT(ctx->errs->count == before);
+    conf_node_free(root);
+}
+
+
+static void conf_walk(struct conf_ctx *ctx, const struct conf_node *scope,
+                      unsigned bit, void *base);
+
+
+/* conf_walk_option - check and set one option of a scope of kind bit */
+static void
+conf_walk_option(struct conf_ctx *ctx, const struct conf_node *n,
+                 unsigned bit, void *base, const struct conf_node **seen)
+{
+    const struct conf_directive *d = conf_directive_find(n->name);
+    size_t i;
+
+    if (d == NULL) {
+        if (conf_scope_find(n->name, 0) != NULL) {
+            conf_errors_add(ctx->errs, n->file, n->line,
+                            "'%s' is a scope, not an option: write "
+                            "%s { ... }", n->name, n->name);
+        } else {
+            conf_errors_add(ctx->errs, n->file, n->line,
+                            "unknown option '%s'", n->name);
+        }
+        return;
+    }
+    if ((d->scopes & bit) == 0) {
+        conf_errors_add(ctx->errs, n->file, n->line,
+                        "option '%s' is not allowed in %s", d->name,
+                        conf_scope_where(bit));
+        return;
+    }
+    i = (size_t)(d - conf_directives);
+    if (seen[i] != NULL) {
+        conf_errors_add(ctx->errs, n->file, n->line,
+                        "duplicate option '%s' (first set on line %d)",
+                        d->name, seen[i]->line);
+        return;
+    }
+    seen[i] = n;
+    (void)d->set(ctx, d, n, base);
+}
+
+
+/* conf_walk_scope - check a nested scope and walk its body */
+static void
+conf_walk_scope(struct conf_ctx *ctx, const struct conf_node *n,
+                unsigned bit, void *base)
+{
+    const struct conf_scope *s = conf_scope_find(n->name, bit);
+    void *child;
+
+    if (s == NULL) {
+        if (conf_directive_find(n->name) != NULL) {
+            conf_errors_add(ctx->errs, n->file, n->line,
+                            "'%s' is an option, not a scope: write "
+                            "%s = value", n->name, n->name);
+        } else if ((s = conf_scope_find(n->name, 0)) != NULL) {
+            conf_errors_add(ctx->errs, n->file, n->line,
+                            "scope '%s' is not allowed in %s", s->name,
+                            conf_scope_where(bit));
+        } else {
+            conf_errors_add(ctx->errs, n->file, n->line,
+                            "unknown scope '%s'", n->name);
+        }
+        return;
+    }
+    if (s->instance == CONF_INSTANCE_NONE && n->instance != NULL) {
+        conf_errors_add(ctx->errs, n->file, n->line,
+                        "scope '%s' takes no name", s->name);
+        return;
+    }
+    if (s->instance == CONF_INSTANCE_REQUIRED && n->instance == NULL) {
+        conf_errors_add(ctx->errs, n->file, n->line,
+                        "scope '%s' needs a name, as in %s", s->name,
+                        s->example);
+        return;
+    }
+    child = s->enter(ctx, n, base);
+    if (child == NULL)
+        return;
+    conf_walk(ctx, n, s->bit, child);
+    if (s->leave != NULL)
+        s->leave(ctx, n, child);
+}
+
+
+/* conf_walk - check every statement of a scope of kind bit into base */
+static void
+conf_walk(struct conf_ctx *ctx, const struct conf_node *scope, unsigned bit,
+          void *base)
+{
+    const struct conf_node *seen[ARRAY_SIZE(conf_directives)] = { 0 };
+    const struct conf_node *n;
+    size_t i;
+
+    ASSERT(scope->kind == CONF_NODE_SCOPE);
+    for (n = scope->children; n != NULL; n = n->next) {
+        if (n->kind == CONF_NODE_OPTION)
+            conf_walk_option(ctx, n, bit, base, seen);
+        else
+            conf_walk_scope(ctx, n, bit, base);
+    }
+    for (i = 0; i < ARRAY_SIZE(conf_directives); i++) {
+        const struct conf_directive *d = &conf_directives[i];
+
+        if ((d->scopes & bit) && seen[i] == NULL && d->def != NULL)
+            conf_default(ctx, d, base);
+    }
+}
+
+
+/* conf_hostname_default - this machine's name, for want of Hostname */
+static char *
+conf_hostname_default(void)
+{
+    char name[256];
+
+    if (gethostname(name, sizeof name) < 0 || name[0] == '\0')
+        return xstrdup("localhost");
+    name[sizeof name - 1] = '\0';
+    return xstrdup(name);
+}
+
+
+/* conf_load - parse and check the file at path; NULL after any error */
+struct conf *
+conf_load(const char *path, struct conf_errors *errs)
+{
+    struct conf_ctx ctx = { 0 };
+    struct conf_node *root;
+    struct conf *c;
+    size_t before;
+
+    ASSERT(path != NULL);
+    ASSERT(errs != NULL);
+    before = errs->count;
+    root = conf_parse_file(path, errs);
+    if (root == NULL)
+        return NULL;
+
+    c = xcalloc(1, sizeof *c);
+    c->path = xstrdup(path);
+    c->dir = conf_dir_of(path);
+    if (c->dir == NULL) {
+        conf_errors_add(errs, path, 0, "cannot resolve its directory: %s",
+                        strerror(errno));
+        goto out;
+    }
+    ctx.c = c;
+    ctx.errs = errs;
+    ctx.syntax_errors = errs->count > before;
+    conf_walk(&ctx, root, CONF_SCOPE_GLOBAL, c);
+    if (c->hostname == NULL)
+        c->hostname = conf_hostname_default();
+    if (c->listener_count == 0 && !ctx.syntax_errors)
+        conf_errors_add(errs, path, 0, "no ESMTP_Listener configured");
+
+out:
+    conf_node_free(root);
+    conf_errors_sort(errs, before);
+    if (errs->count > before) {
+        conf_free(c);
+        return NULL;
+    }
+    return c;
+}
+
+
+/* conf_free - free a configuration generation and everything it holds */
+void
+conf_free(struct conf *c)
+{
+    size_t i, j;
+
+    if (c == NULL)
+        return;
+    for (i = 0; i < c->listener_count; i++) {
+        struct conf_esmtp_listener *l = &c->listeners[i];
+
+        for (j = 0; j < l->listen_count; j++)
+            free(l->listens[j].text);
+        free(l->listens);
+        free(l->relay_hosts);
+        free(l->name);
+    }
+    free(c->listeners);
+    free(c->delivery_log);
+    free(c->paniclog);
+    free(c->hostname);
+    free(c->spool_base);
+    free(c->dir);
+    free(c->path);
+    free(c);
+}
