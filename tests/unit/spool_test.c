@@ -701,6 +701,313 @@ test_corrupt_middle(void **state)
 }
 
 
+/* seg_read - the first len bytes of a segment of fx's shard */
+static unsigned char *
+seg_read(const char *dir, const char *name, size_t len)
+{
+    char path[512];
+    unsigned char *buf = xmalloc(len);
+    int fd;
+
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    fd = open(path, O_RDONLY);
+    assert_true(fd >= 0);
+    assert_int_equal(pread(fd, buf, len, 0), (ssize_t)len);
+    close(fd);
+    return buf;
+}
+
+
+/* seg_write - replace a segment file with len bytes of buf */
+static void
+seg_write(const char *dir, const char *name, const void *buf, size_t len)
+{
+    char path[512];
+    int fd;
+
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, buf, len), (ssize_t)len);
+    close(fd);
+}
+
+
+/* commit_three - commit three messages, close; returns segment and end */
+static void
+commit_three(struct fixture *fx, struct test_msg **v, size_t body_len,
+             char *name, uint64_t *end_off)
+{
+    size_t i;
+
+    fx_open(fx, 1 << 20);
+    for (i = 0; i < 3; i++)
+        v[i] = test_msg_make(fx, (unsigned)i, body_len);
+    fx_commit_all(fx, v, 3, 3);
+    snprintf(name, 64, "seg-%016llx.log",
+             (unsigned long long)fx->sp.seg_seq);
+    *end_off = fx->sp.seg_off;
+    fx_close(fx);
+}
+
+
+static void
+test_corrupt_end_sets_msg_aside(void **state)
+{
+    struct fixture *fx = *state;
+    struct test_msg *v[3];
+    const struct found_copy *mid;
+    char name[64], path[512];
+    unsigned char *seg;
+    struct stat sb;
+    uint64_t end_off, end_rec, mid_off;
+
+    commit_three(fx, v, 1000, name, &end_off);
+    found_free(&fx->found);
+    assert_int_equal(spool_scan(fx->shard, found_collect, &fx->found, NULL),
+                     0);
+    mid = found_get(&fx->found, v[1]->id);
+    assert_non_null(mid);
+    mid_off = mid->offset;
+    /* The END follows the MSG record: damage its payload. */
+    seg = seg_read(fx->shard, name, end_off);
+    end_rec = mid_off + spool_rec_size(spool_rec_get64(seg + mid_off + 8));
+    assert_int_equal(spool_rec_get32(seg + end_rec), SPOOL_REC_MAGIC);
+    assert_int_equal(seg[end_rec + 4], SPOOL_REC_END);
+    seg[end_rec + 30] ^= 1;
+    seg_write(fx->shard, name, seg, end_off);
+    free(seg);
+
+    fx_open(fx, 1 << 20);
+    assert_int_equal(fx->found.n, 2);
+    assert_null(found_get(&fx->found, v[1]->id));
+    assert_int_equal(fx->sp.recovered.corrupt, 1);
+    /* The whole message went aside, from its MSG record. */
+    snprintf(path, sizeof path, "%s/corrupt/%s.%llu", fx->shard, name,
+             (unsigned long long)mid_off);
+    assert_int_equal(stat(path, &sb), 0);
+    assert_true(sb.st_size > 1000);
+    test_msgs_free(v, 3);
+}
+
+
+static void
+test_zero_hole_in_middle(void **state)
+{
+    struct fixture *fx = *state;
+    struct test_msg *v[3];
+    char name[64];
+    unsigned char *seg;
+    uint64_t end_off;
+
+    /* A lost page in the middle: zeros, then valid records. */
+    commit_three(fx, v, 6000, name, &end_off);
+    seg = seg_read(fx->shard, name, end_off);
+    memset(seg + 8192, 0, 4096);
+    seg_write(fx->shard, name, seg, end_off);
+    free(seg);
+    fx_open(fx, 1 << 20);
+    assert_int_equal(fx->found.n, 2);
+    check_found(&fx->found, v[0]);
+    check_found(&fx->found, v[2]);
+    assert_int_equal(fx->sp.recovered.corrupt, 1);
+    assert_int_equal(fx->sp.recovered.torn, 0);
+    test_msgs_free(v, 3);
+}
+
+
+static void
+test_bad_segment_header(void **state)
+{
+    struct fixture *fx = *state;
+    struct test_msg *v[3];
+    char name[64];
+    unsigned char *seg;
+    uint64_t end_off;
+
+    commit_three(fx, v, 100, name, &end_off);
+    seg = seg_read(fx->shard, name, end_off);
+    seg[30] ^= 0xff;
+    seg_write(fx->shard, name, seg, end_off);
+    free(seg);
+    /* Without its salt nothing in the segment can be trusted. */
+    fx_open(fx, 1 << 20);
+    assert_int_equal(fx->found.n, 0);
+    assert_int_equal(fx->sp.recovered.corrupt, 1);
+    test_msgs_free(v, 3);
+}
+
+
+/* forge_put_str - a str field, the way a forger would write one */
+static unsigned char *
+forge_put_str(unsigned char *p, const char *str)
+{
+    size_t len = strlen(str);
+
+    spool_rec_put32(p, (uint32_t)len);
+    memcpy(p + 4, str, len + 1);
+    return p + 4 + len + 1;
+}
+
+
+/* forge - a MSG + END pair meant to sit at segment offset off */
+static size_t
+forge(unsigned char *dst, uint64_t off, uint32_t salt, const char *id)
+{
+    unsigned char *r = dst, *p = r + SPOOL_REC_HDR_BYTES, *e;
+    uint64_t pl, el;
+    uint32_t crc;
+
+    memset(dst, 0, 512);          /* records below are ~200 bytes */
+    spool_rec_put64(p, 1);
+    spool_rec_put64(p + 8, 4);
+    spool_rec_put32(p + 16, 1);
+    p = forge_put_str(p + SPOOL_MSG_FIXED_BYTES, id);
+    p = forge_put_str(p, "evil@example.net");
+    p = forge_put_str(p, "203.0.113.1");
+    p = forge_put_str(p, "victim@example.com");
+    memcpy(p, "spam", 4);
+    p += 4;
+    pl = (uint64_t)(p - (r + SPOOL_REC_HDR_BYTES));
+    crc = crc32c(0, r + SPOOL_REC_HDR_BYTES, pl);
+    spool_rec_hdr_put(r, SPOOL_REC_MSG, pl, crc, salt);
+    e = r + spool_rec_size(pl);
+    p = e + SPOOL_REC_HDR_BYTES;
+    spool_rec_put64(p, off);
+    spool_rec_put32(p + 8, crc);
+    p = forge_put_str(p + SPOOL_END_FIXED_BYTES, id);
+    el = (uint64_t)(p - (e + SPOOL_REC_HDR_BYTES));
+    spool_rec_hdr_put(e, SPOOL_REC_END, el,
+                      crc32c(0, e + SPOOL_REC_HDR_BYTES, el), salt);
+    return (size_t)(e + spool_rec_size(el) - r);
+}
+
+
+static void
+test_forged_record_in_body(void **state)
+{
+    struct fixture *fx = *state;
+    struct test_msg *v[3];
+    unsigned char *seg;
+    char name[64];
+    uint64_t end_off, meta, body_off, pad;
+    size_t n, j;
+    unsigned i;
+
+    /*
+     * A sender mails us well-formed records (MSG + END, right crcs, placed
+     * on an 8-byte boundary at the offset they claim). When recovery
+     * resynchronises inside that body it must not take them for ours: the
+     * header crc is seeded with the segment's secret salt.
+     */
+    fx_open(fx, 1 << 20);
+    v[0] = test_msg_make(fx, 0, 100);
+    v[1] = test_msg_make(fx, 1, 2048);
+    v[2] = test_msg_make(fx, 2, 100);
+    meta = SPOOL_MSG_FIXED_BYTES + spool_rec_str_size(strlen(v[1]->id)) +
+           spool_rec_str_size(strlen(v[1]->sender)) +
+           spool_rec_str_size(strlen(v[1]->peer));
+    for (i = 0; i < v[1]->m.rcpt_count; i++)
+        meta += spool_rec_str_size(strlen(v[1]->rcpts[i]));
+    /* v[1]'s MSG record goes where the log ends once v[0] is in. */
+    fx_commit_all(fx, v, 1, 1);
+    body_off = fx->sp.seg_off + SPOOL_REC_HDR_BYTES + meta;
+    pad = (8 - body_off % 8) % 8;
+    /* Salts a forger might try: 0, and a few guesses. */
+    for (j = 0, n = pad; j < 4; j++) {
+        char id[SPOOL_ID_MAX];
+
+        snprintf(id, sizeof id, "forged-%zu", j);
+        n += forge((unsigned char *)v[1]->body + n, body_off + n,
+                   (uint32_t)(j * 0x9e3779b9u), id);
+    }
+    assert_true(n < 2000);
+    fx_commit_all(fx, v + 1, 2, 2);
+    snprintf(name, sizeof name, "seg-%016llx.log",
+             (unsigned long long)fx->sp.seg_seq);
+    end_off = fx->sp.seg_off;
+    fx_close(fx);
+
+    fx_open(fx, 1 << 20);
+    assert_int_equal(fx->found.n, 3);
+    check_found(&fx->found, v[1]);
+    assert_int_equal(fx->found.v[1].offset + SPOOL_REC_HDR_BYTES + meta,
+                     body_off);
+    fx_close(fx);
+    /* Break the carrier's header so recovery resynchronises in its body. */
+    seg = seg_read(fx->shard, name, end_off);
+    assert_int_equal(spool_rec_get32(seg + body_off + pad), SPOOL_REC_MAGIC);
+    seg[body_off - meta - 3] ^= 1;
+    seg_write(fx->shard, name, seg, end_off);
+    free(seg);
+    found_free(&fx->found);
+    assert_int_equal(spool_scan(fx->shard, found_collect, &fx->found, NULL),
+                     0);
+    assert_int_equal(fx->found.n, 2);
+    check_found(&fx->found, v[0]);
+    check_found(&fx->found, v[2]);
+    test_msgs_free(v, 3);
+}
+
+
+static void
+test_random_damage(void **state)
+{
+    struct fixture *fx = *state;
+    enum { N = 30, ROUNDS = 300 };
+    struct test_msg *v[N];
+    char name[64], dir[512];
+    unsigned char *orig, *seg;
+    uint64_t end_off;
+    size_t i, j, k, len;
+    unsigned seed = 12345;
+
+    fx_open(fx, 1 << 20);
+    for (i = 0; i < N; i++)
+        v[i] = test_msg_make(fx, (unsigned)i, 200 + i * 50);
+    fx_commit_all(fx, v, N, 10);
+    snprintf(name, sizeof name, "seg-%016llx.log",
+             (unsigned long long)fx->sp.seg_seq);
+    end_off = fx->sp.seg_off;
+    fx_close(fx);
+    orig = seg_read(fx->shard, name, end_off);
+    seg = xmalloc(end_off + 4096);
+    snprintf(dir, sizeof dir, "%s/damaged", fx->dir);
+    assert_int_equal(mkdir(dir, 0700), 0);
+
+    /* Whatever the damage, only exact original messages come back. */
+    for (k = 0; k < ROUNDS; k++) {
+        struct spool_scan_stats st;
+
+        memcpy(seg, orig, end_off);
+        memset(seg + end_off, 0, 4096);
+        len = end_off + 4096;
+        for (j = 0; j < 1 + k % 4; j++) {
+            size_t at = (size_t)rand_r(&seed) % len;
+
+            seg[at] ^= (unsigned char)(1 + rand_r(&seed) % 255);
+        }
+        if (k % 5 == 0)
+            len = 56 + rand_r(&seed) % (end_off - 56);
+        seg_write(dir, name, seg, len);
+        found_free(&fx->found);
+        assert_int_equal(spool_scan(dir, found_collect, &fx->found, &st), 0);
+        assert_true(fx->found.n <= N);
+        for (i = 0; i < fx->found.n; i++) {
+            for (j = 0; j < N; j++) {
+                if (strcmp(fx->found.v[i].id, v[j]->id) == 0)
+                    break;
+            }
+            assert_true(j < N);
+            check_found(&fx->found, v[j]);
+        }
+    }
+    free(seg);
+    free(orig);
+    test_msgs_free(v, N);
+}
+
+
 /* append_mark - write a DONE record at the end of the current segment */
 static void
 append_mark(struct fixture *fx, const char *id, uint32_t rcpt)
@@ -1002,6 +1309,15 @@ main(void)
         cmocka_unit_test_setup_teardown(test_garbage_tail, setup, teardown),
         cmocka_unit_test_setup_teardown(test_corrupt_middle, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_corrupt_end_sets_msg_aside,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_zero_hole_in_middle, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_bad_segment_header, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_forged_record_in_body, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_random_damage, setup, teardown),
         cmocka_unit_test_setup_teardown(test_done_record, setup, teardown),
         cmocka_unit_test_setup_teardown(test_big_message, setup, teardown),
         cmocka_unit_test_setup_teardown(test_segment_roll, setup, teardown),
