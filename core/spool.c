@@ -119,7 +119,8 @@ struct spool_msg_dec {
 };
 
 static void spool_prep_settle(struct spool *sp, int err);
-static void spool_fail(struct spool *sp, int err, const char *what);
+static void spool_fail(struct spool *sp, int err, const char *what,
+                       uint64_t seq);
 
 
 /* spool_rand - splitmix64: segment salts, unpredictable to mail senders */
@@ -638,7 +639,7 @@ spool_prep_settle(struct spool *sp, int err)
         }
         p->err = err;
         if (sp->fill->count > 0 && sp->fill->to_next) {
-            spool_fail(sp, err, "creating a segment");
+            spool_fail(sp, err, "creating", p->seq);
             return;
         }
         /* Made ahead of need: the current segment still has room. */
@@ -683,7 +684,7 @@ spool_batch_take(struct spool_batch *b)
 
 /* spool_fail - a write, sync or segment error: fail, probe, log once */
 static void
-spool_fail(struct spool *sp, int err, const char *what)
+spool_fail(struct spool *sp, int err, const char *what, uint64_t seq)
 {
     struct spool_prep *p = sp->prep;
 
@@ -691,10 +692,9 @@ spool_fail(struct spool *sp, int err, const char *what)
     if (err == -ECANCELED)
         err = -EIO;
     if (sp->failed == 0)
-        log_panic("spool", "shard %u: %s failed (segment %016" PRIx64
-                  "): %s; refusing commits, probing every %d s",
-                  sp->shard_id, what, sp->seg_seq, strerror(-err),
-                  SPOOL_PROBE_SEC);
+        log_panic("spool", "shard %u: %s segment %016" PRIx64 " failed: %s; "
+                  "refusing commits, probing every %d s", sp->shard_id, what,
+                  seq, strerror(-err), SPOOL_PROBE_SEC);
     sp->failed = err;
     /* Never append after failed data: the next success is a new segment. */
     spool_seg_retire(sp);
@@ -739,7 +739,8 @@ spool_batch_done(struct spool_batch *b)
     list = spool_batch_take(b);
     if (err != 0)
         spool_fail(sp, err, b->write_res < 0 ||
-                   (uint64_t)b->write_res != b->len ? "write" : "fdatasync");
+                   (uint64_t)b->write_res != b->len ? "writing" : "syncing",
+                   sp->seg_seq);
     else if (sp->failed != 0)
         spool_seg_retire(sp);
     spool_done_list(list, err);

@@ -1171,7 +1171,7 @@ test_write_failure(void **state)
     /* While failed, commits fail at the next flush. */
     fx_commit_all(fx, v + 2, 1, 1);
     assert_int_equal(v[2]->res, -EBADF);
-    assert_true(log_contains(fx, "write failed"));
+    assert_true(log_contains(fx, "writing segment"));
 
     run_until_recovered(fx);
     assert_int_not_equal(fx->sp.seg_fd, -1);
