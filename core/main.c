@@ -204,14 +204,15 @@ main(int argc, char **argv)
     const char *conf_path = NULL;
     struct conf_errors errs = { 0 };
     struct conf *conf;
-    struct shard *shards;
-    struct shard_listen **per_shard;
+    struct shard *shards = NULL;
+    struct shard_listen **per_shard = NULL;
     struct xshard_sender tx;
     size_t listen_count = 0;
     unsigned nshards, i, ncpu;
     char ready_text[1024];
     sigset_t sigs;
-    int check_only = 0, opt, rc, draining = 0, failed = 0;
+    int check_only = 0, opt, rc, draining = 0, failed = 0, tx_ok = 0,
+        handed_over = 0;
 
     static const struct option longopts[] = {
         { "help", no_argument, NULL, 'h' },
@@ -260,7 +261,7 @@ main(int argc, char **argv)
     if (rc < 0) {
         fprintf(stderr, "ringmaild: cannot open paniclog %s: %s\n",
                 conf->paniclog, strerror(-rc));
-        return 1;
+        goto fail;
     }
     ncpu = (unsigned)sysconf(_SC_NPROCESSORS_ONLN);
     nshards = conf->shards ? conf->shards : ncpu;
@@ -272,7 +273,7 @@ main(int argc, char **argv)
         if (rc < 0) {
             log_panic("main", "cannot create spool directory %s: %s", dir,
                       strerror(-rc));
-            return 1;
+            goto fail;
         }
     }
     (void)mkdir_parent(conf->delivery_log);
@@ -291,22 +292,25 @@ main(int argc, char **argv)
                         sizeof ready_text);
     if (rc < 0) {
         log_panic("main", "cannot open listeners: %s", strerror(-rc));
-        return 1;
+        goto fail;
     }
     rc = xshard_sender_init(&tx);
     if (rc < 0) {
         log_panic("main", "io_uring setup: %s", strerror(-rc));
-        return 1;
+        goto fail;
     }
+    tx_ok = 1;
 
     shards = xcalloc(nshards, sizeof *shards);
+    handed_over = 1;             /* the shards own and close the sockets */
     for (i = 0; i < nshards; i++) {
         shard_setup(&shards[i], i, (int)(i % ncpu), conf, per_shard[i],
                     listen_count);
         rc = shard_start(&shards[i]);
         if (rc < 0) {
+            /* Unreachable in practice (pthread_create); no way to unwind. */
             log_panic("main", "cannot start shard %u: %s", i, strerror(-rc));
-            return 1;
+            _exit(1);
         }
     }
     for (i = 0; i < nshards; i++) {
@@ -357,12 +361,29 @@ main(int argc, char **argv)
 
     for (i = 0; i < nshards; i++)
         shard_join(&shards[i]);
-    log_panic("main", "ringmaild stopped");
-    xshard_sender_fini(&tx);
-    for (i = 0; i < nshards; i++)
-        free(per_shard[i]);
-    free(per_shard);
+    log_panic("main", failed ? "ringmaild failed to start" :
+                              "ringmaild stopped");
     free(shards);
+    goto out;
+fail:
+    failed = 1;
+out:
+    /* Every exit comes here, so nothing leaks (ASan checks it). */
+    if (tx_ok)
+        xshard_sender_fini(&tx);
+    if (per_shard != NULL) {
+        for (i = 0; i < nshards; i++) {
+            if (!handed_over && per_shard[i] != NULL) {
+                /* Shards close their sockets; these were never handed over. */
+                for (size_t k = 0; k < listen_count; k++) {
+                    if (per_shard[i][k].fd > 0)
+                        close(per_shard[i][k].fd);
+                }
+            }
+            free(per_shard[i]);
+        }
+        free(per_shard);
+    }
     conf_free(conf);
     log_close();
     return failed ? 1 : 0;

@@ -420,6 +420,9 @@ session_feed(struct session *s, const char *data, size_t len)
             break;
         }
     }
+    /* A commit answer or a drain can close the session without input. */
+    if (s->smtp.state == SMTP_STATE_CLOSED)
+        s->want_close = 1;
     return used;
 }
 
