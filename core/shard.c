@@ -315,11 +315,11 @@ shard_init(struct shard *sh)
                   strerror(-rc));
         return rc;
     }
-    if (sh->spool.recovered.messages || sh->spool.recovered.torn ||
+    if (sh->spool.recovered.live || sh->spool.recovered.torn ||
         sh->spool.recovered.corrupt) {
-        log_panic("spool", "shard %u: recovered %llu messages from %llu "
-                  "segments (%llu torn, %llu corrupt)", sh->id,
-                  (unsigned long long)sh->spool.recovered.messages,
+        log_panic("spool", "shard %u: recovered %llu live messages from "
+                  "%llu segments (%llu torn, %llu corrupt)", sh->id,
+                  (unsigned long long)sh->spool.recovered.live,
                   (unsigned long long)sh->spool.recovered.segments,
                   (unsigned long long)sh->spool.recovered.torn,
                   (unsigned long long)sh->spool.recovered.corrupt);
