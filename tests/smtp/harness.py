@@ -82,9 +82,12 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _PR_SET_PDEATHSIG = 1
 
 
-def _child_setup():
+def _child_setup(nofile=None):
     # If the test process dies (watchdog, meson timeout), so does the daemon.
     _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if nofile is not None:
+        import resource
+        resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
 
 
 _DAEMONS = []           # every Daemon made in this process, for the watchdog
@@ -96,6 +99,7 @@ def _emergency_cleanup():
         try:
             if d.proc is not None and d.proc.poll() is None:
                 d.proc.kill()
+                d.proc.wait(5)
         except Exception:
             pass
     for m in list(_MOUNTS):
@@ -219,16 +223,19 @@ def _latin1_to_text(v):
     return v
 
 
-def run_ringspool(spool_base, extra_args=(), timeout=None, check=True):
+def run_ringspool(spool_base, extra_args=(), timeout=None, check=True,
+                  body=True):
     """
-    Run `ringspool --json --body SPOOL_BASE`; return a Spool.
+    Run `ringspool --json --body SPOOL_BASE` (without --body when body is
+    false: faster, and m["body"] is b""); return a Spool.
 
     ringspool prints valid UTF-8 as it is and any other byte as \\u00XX.
     Reading each line as Latin-1 (one char per byte) before json.loads
     makes both come out as chars 0-255, so encoding the body back to
     Latin-1 gives its exact bytes.
     """
-    cmd = [RINGSPOOL, "--json", "--body"] + list(extra_args) + [spool_base]
+    cmd = ([RINGSPOOL, "--json"] + (["--body"] if body else []) +
+           list(extra_args) + [spool_base])
     p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                        timeout=timeout or t(60))
     err = p.stderr.decode("utf-8", "replace")
@@ -309,8 +316,11 @@ class Daemon:
         return self.proc is not None and self.proc.poll() is None
 
     # life cycle
-    def start(self, timeout=None, env=None):
-        """Start and wait for the ready line; raise DaemonError if it fails."""
+    def start(self, timeout=None, env=None, nofile=None):
+        """
+        Start and wait for the ready line; raise DaemonError if it fails.
+        nofile: the daemon's RLIMIT_NOFILE.
+        """
         assert not self.running(), "already running"
         timeout = timeout or t(20)
         self.starts += 1
@@ -325,7 +335,7 @@ class Daemon:
             self.proc = subprocess.Popen(
                 [RINGMAILD, "-c", self.conf_path], stdin=subprocess.DEVNULL,
                 stdout=errf, stderr=errf, cwd=self.dir, env=e,
-                preexec_fn=_child_setup)
+                preexec_fn=lambda: _child_setup(nofile))
         finally:
             errf.close()
         deadline = time.monotonic() + timeout
@@ -463,6 +473,12 @@ class Daemon:
         out += pl[-40:]
         return "\n".join(out) + "\n"
 
+    def cpu_seconds(self):
+        """User + system CPU time the daemon used so far."""
+        with open("/proc/%d/stat" % self.proc.pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def rss_kb(self, field="VmRSS"):
         with open("/proc/%d/status" % self.proc.pid) as f:
             for line in f:
@@ -470,8 +486,8 @@ class Daemon:
                     return int(line.split()[1])
         raise DaemonError("no %s in /proc/%d/status" % (field, self.proc.pid))
 
-    def spool(self, timeout=None):
-        return run_ringspool(self.spool_base, timeout=timeout)
+    def spool(self, timeout=None, body=True):
+        return run_ringspool(self.spool_base, timeout=timeout, body=body)
 
     # clients
     def connect(self, index=0, timeout=None, source=None):

@@ -224,6 +224,63 @@ class Concurrency(h.DaemonTest):
         self.assertTokens(sp, present=toks)
         self.assertEqual(len(sp), 50)
 
+    def test_ringspool_on_live_spool(self):
+        # ringspool reads a running daemon's spool ("safe on a running
+        # daemon's spool"): every message acked before a scan started is in
+        # that scan, and a healthy spool shows no corrupt record.
+        d = self.start_daemon(shards=2, Spool_Segment_Size="1M")
+        acked, lock, stop = {}, threading.Lock(), threading.Event()
+
+        def client(i):
+            c = d.connect(timeout=t(30))
+            try:
+                c.greeting()
+                c.ehlo()
+                for _ in range(150):
+                    if stop.is_set():
+                        break
+                    # big messages: big batches, a wide window to read a
+                    # record while it is being written
+                    tok, msg = h.make_message(size=60000 + 100 * i)
+                    r = h.send_raw_message(c, msg)
+                    if r.code != 250:
+                        raise AssertionError(repr(r))
+                    with lock:
+                        acked[h.queued_id(r)] = tok
+                c.cmd("QUIT")
+            finally:
+                c.close()
+
+        ths = [threading.Thread(target=client, args=(i,), daemon=True)
+               for i in range(6)]
+        for th in ths:
+            th.start()
+        scans = []
+        try:
+            while any(th.is_alive() for th in ths) and len(scans) < 60:
+                with lock:
+                    before = set(acked)
+                sp = d.spool(body=False)
+                missing = before - set(sp.ids())
+                self.assertEqual(missing, set(), "acked messages missing "
+                                 "from a live scan (%r)" % sp)
+                scans.append(sp.stderr.strip())
+                time.sleep(0.05)
+        finally:
+            stop.set()
+            for th in ths:
+                th.join(t(30))
+        self.assertGreater(len(acked), 50)
+        d.stop_clean()
+        sp = d.spool()
+        self.assertTokens(sp, present=list(acked.values()))
+        self.assertEqual(sp.summary.get("torn", 0), 0, sp.stderr)
+        self.assertEqual(sp.summary.get("corrupt", 0), 0, sp.stderr)
+        bad = [x for x in scans if not x.endswith(" 0 corrupt")]
+        self.assertEqual(bad, [], "%d of %d scans of the live spool report "
+                         "corrupt records; the spool is fine once stopped "
+                         "(%s)" % (len(bad), len(scans), sp.stderr.strip()))
+
     def test_many_short_sessions(self):
         # Connection churn: 300 sessions that connect, EHLO and quit or drop,
         # 20 at a time; the daemon neither leaks nor refuses.

@@ -199,6 +199,25 @@ Max_Connections = 1
             self.assertTrue(os.path.isdir(os.path.join(d.spool_base,
                                                        str(i))))
 
+    def start_fails(self, d, pattern):
+        self._daemons_of_test().append(d)
+        with self.assertRaises(h.DaemonError) as cm:
+            d.start(timeout=t(10))
+        self.assertRegex(str(cm.exception), r"exited [1-9]")
+        self.assertRegex(d.stderr(), pattern)
+        self.assertNotRegex(d.stderr(), h.SANITIZER_RE)
+
+    def test_spool_base_is_a_file(self):
+        d = h.Daemon(h.conf(shards=1))
+        with open(os.path.join(d.dir, "spool"), "w") as f:
+            f.write("not a directory\n")
+        self.start_fails(d, r"spool")
+
+    def test_paniclog_is_a_directory(self):
+        d = h.Daemon(h.conf(shards=1))
+        os.makedirs(os.path.join(d.dir, "log", "paniclog"))
+        self.start_fails(d, r"paniclog")
+
     def test_usage(self):
         r = subprocess.run([h.RINGMAILD], stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, timeout=t(10))

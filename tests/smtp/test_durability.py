@@ -366,6 +366,29 @@ class Restart(h.DaemonTest):
         self.assertEqual(len(sp), 0, sp)
         self.check_restart(d, [], toks)
 
+    def test_leftover_files_in_shard_directory(self):
+        # What a crash while making a segment can leave behind (an empty
+        # file, a SEGHDR cut short), and files that are not segments at all:
+        # the daemon starts, keeps every message, and takes new ones.
+        d, toks, sp = self.damaged_spool(n=5)
+        shard0 = os.path.join(d.spool_base, "0")
+        with open(os.path.join(shard0, "seg-00000000000000f0.log"), "wb"):
+            pass
+        with open(os.path.join(shard0, "seg-00000000000000f1.log"), "wb") as f:
+            f.write(struct.pack("<IBB", REC_MAGIC, 1, 1) + bytes(2))
+            f.truncate(1 << 20)
+        with open(os.path.join(shard0, "README"), "w") as f:
+            f.write("an operator's note\n")
+        os.makedirs(os.path.join(shard0, "old"))
+        sp = d.spool()
+        self.assertTokens(sp, present=toks)
+        self.assertEqual(len(sp), 5, sp)
+        self.check_restart(d, toks, [])
+        d.start()
+        self.assertTrue(os.path.exists(os.path.join(shard0, "README")),
+                        "the daemon deleted a file that is not its own")
+        d.stop_clean()
+
     def corrupt_test(self, where):
         d, toks, sp = self.damaged_spool(n=10)
         victim = sp.messages[4]

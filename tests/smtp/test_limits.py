@@ -349,6 +349,76 @@ class Flood(h.DaemonTest):
         self.assertReply(other.cmd("NOOP"), 250, "2.0.0")
 
 
+class StuckClient(h.DaemonTest):
+
+    def test_non_reading_client_times_out(self):
+        # A client that fills every buffer and then neither reads nor
+        # writes makes no progress: Idle_Timeout must still end it, or any
+        # peer can pin a session (and its buffers) forever.
+        d = self.start_daemon(shards=1, Idle_Timeout="2s")
+        c = d.connect()
+        self.addCleanup(c.close)
+        self.assertReply(c.greeting(), 220)
+        c.sock.setblocking(False)
+        chunk = b"NOOP\r\n" * 10000
+        stalled_since = None
+        end = time.monotonic() + t(10)
+        while time.monotonic() < end:
+            try:
+                c.sock.send(chunk)
+                stalled_since = None
+            except BlockingIOError:
+                stalled_since = stalled_since or time.monotonic()
+                if time.monotonic() - stalled_since > 0.5:
+                    break
+                time.sleep(0.02)
+        self.assertIsNotNone(stalled_since, "the daemon never stopped "
+                             "reading from a client that does not read")
+        time.sleep(2 + t(3))
+        c.sock.setblocking(True)
+        self.assertTrue(c.wait_closed(t(10)),
+                        "session still open %.0f s after the client went "
+                        "silent (Idle_Timeout = 2s)" % (2 + t(3)))
+
+
+class FdShortage(h.DaemonTest):
+
+    def test_out_of_file_descriptors(self):
+        # With few fds the daemon stops accepting (connections wait in the
+        # listen queue), does not spin, and takes them once fds free up.
+        d = self.start_daemon(shards=1, start=False)
+        d.start(nofile=64)
+        first = []
+        for _ in range(100):
+            c = h.SMTPConn(d.host, d.port, timeout=t(10))
+            self.addCleanup(c.close)
+            first.append(c)
+        self.assertReply(first[0].greeting(t(5)), 220)
+        time.sleep(t(1))
+        greeted, waiting = [first[0]], []
+        for c in first[1:]:
+            if b"\n" in c.pending(0.01):
+                self.assertIn(c.greeting().code, (220, 421))
+                greeted.append(c)
+            else:
+                waiting.append(c)
+        self.assertTrue(greeted, "nothing greeted")
+        self.assertTrue(waiting, "64 fds took 100 sessions?")
+        cpu0 = d.cpu_seconds()
+        time.sleep(2)
+        spent = d.cpu_seconds() - cpu0
+        self.assertLess(spent, 0.5, "daemon burnt %.2f s of CPU in 2 s while "
+                        "out of fds" % spent)
+        for c in greeted:
+            c.close()
+        for c in waiting[:20]:
+            r = c.greeting(t(10))
+            self.assertReply(r, 220, msg="queued connection after fds freed")
+        tok, msg = h.make_message()
+        self.assertReply(h.send_raw_message(waiting[0], msg, ehlo=True), 250,
+                         "2.0.0")
+
+
 class Connections(h.DaemonTest):
 
     def open_greeted(self, d, n, source=None):
