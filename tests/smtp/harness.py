@@ -490,9 +490,10 @@ class Daemon:
         return run_ringspool(self.spool_base, timeout=timeout, body=body)
 
     # clients
-    def connect(self, index=0, timeout=None, source=None):
+    def connect(self, index=0, timeout=None, source=None, rcvbuf=None):
         host, port = self.addrs[index]
-        return SMTPConn(host, port, timeout=timeout, source=source)
+        return SMTPConn(host, port, timeout=timeout, source=source,
+                        rcvbuf=rcvbuf)
 
     def smtplib(self, index=0, timeout=None):
         import smtplib
@@ -534,12 +535,15 @@ class SMTPConn:
 
     LINE_RE = re.compile(rb"^(\d{3})([ -]?)(.*)$")
 
-    def __init__(self, host, port, timeout=None, source=None):
+    def __init__(self, host, port, timeout=None, source=None, rcvbuf=None):
         self.timeout = timeout or t(15)
         fam = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.sock = socket.socket(fam, socket.SOCK_STREAM)
         self.sock.settimeout(self.timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if rcvbuf:
+            # before connect, so the window is small from the start
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         if source:
             self.sock.bind((source, 0))
         self.sock.connect((host, port))
