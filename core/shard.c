@@ -31,7 +31,7 @@
 #define SHARD_BUF_COUNT    512   /* provided recv buffers per shard */
 #define SHARD_BUF_SIZE     16384
 #define SHARD_CHUNK_BYTES  4096  /* arena chunk: one idle session fits in one */
-#define SHARD_CHUNK_SPARE  4096  /* chunks kept for reuse */
+#define SHARD_CHUNK_SPARE  1024  /* chunks kept for reuse: 4 MiB */
 #define SHARD_TICK_MS      250
 
 
