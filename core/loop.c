@@ -119,6 +119,14 @@ loop_reap(struct loop *lp)
 }
 
 
+/* loop_stop - the owner is done: no turn waits any more */
+void
+loop_stop(struct loop *lp)
+{
+    lp->stopped = 1;
+}
+
+
 /* loop_run_once - one turn: hooks, submit and wait, reap, deferred */
 void
 loop_run_once(struct loop *lp, unsigned timeout_ms)
@@ -132,6 +140,15 @@ loop_run_once(struct loop *lp, unsigned timeout_ms)
     for (i = 0; i < lp->hook_count; i++)
         lp->hooks[i].fn(lp, lp->hooks[i].arg);
     loop_run_deferred(lp);
+    if (lp->stopped) {
+        /* Finish what is in flight (teardown) without sleeping. */
+        rc = io_uring_submit_and_get_events(&lp->ring);
+        if (rc < 0 && rc != -EINTR && rc != -EBUSY)
+            panic("io_uring_submit_and_get_events: %s", strerror(-rc));
+        loop_reap(lp);
+        loop_run_deferred(lp);
+        return;
+    }
 
     ts.tv_sec = timeout_ms / 1000;
     ts.tv_nsec = (long long)(timeout_ms % 1000) * 1000000;

@@ -5,8 +5,10 @@
  *   int  loop_init(struct loop *lp, unsigned sq_entries, unsigned cq_entries);
  *   struct io_uring_sqe *loop_sqe(struct loop *lp, struct op *op);
  *   void loop_run_once(struct loop *lp, unsigned timeout_ms);
+void loop_stop(struct loop *lp);
  *   void loop_defer(struct loop *lp, struct op *op);
  *   void loop_before_wait(struct loop *lp, loop_hook_fn *fn, void *arg);
+ *   void loop_stop(struct loop *lp);
  *   void loop_fini(struct loop *lp);
  * DESCRIPTION
  *   Every in-flight operation is a struct op embedded in its owner; the SQE's
@@ -20,6 +22,10 @@
  *   (or timeout_ms), reap every CQE and call each op's done(), run deferred
  *   ops, then the before-wait hooks (group commit flushes, reply flushes).
  *   Completions never run from inside a submission.
+ *
+ *   loop_stop() (from a hook or a completion) makes the current and every
+ *   later loop_run_once() return without sleeping (they still submit and
+ *   reap, so a teardown can finish what is in flight): the owner is done.
  *
  *   loop_defer() queues op->done(op, 0, 0) to run in the current turn after
  *   the reap pass: the way to finish work "later" without recursion.
@@ -59,6 +65,7 @@ struct loop {
         void *arg;
     } hooks[LOOP_HOOKS_MAX];
     unsigned hook_count;
+    int stopped;                 /* loop_stop(): turns return at once */
     uint64_t turns;
     uint64_t cqes;
 };
@@ -69,5 +76,6 @@ struct io_uring_sqe *loop_sqe(struct loop *lp, struct op *op);
 void loop_defer(struct loop *lp, struct op *op);
 void loop_before_wait(struct loop *lp, loop_hook_fn *fn, void *arg);
 void loop_run_once(struct loop *lp, unsigned timeout_ms);
+void loop_stop(struct loop *lp);
 
 #endif

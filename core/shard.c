@@ -274,6 +274,7 @@ shard_before_wait(struct loop *lp, void *arg)
                 return;
         }
         shard_set_state(sh, SHARD_STATE_DONE);
+        loop_stop(&sh->loop);
     }
 }
 
