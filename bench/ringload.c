@@ -23,9 +23,10 @@
  *   only the token patched in place, replies parsed down to their code,
  *   and no allocation after startup.
  * EXIT STATUS
- *   0 when the run ended by itself (-m done, -D over or every session out
- *   of retries), 1 when --timeout cut it short or it could not start, 2 on
- *   a usage error. Failed messages do not change it: read the counts.
+ *   0 when the run ended by itself (-m done, -D over, or a signal), 1
+ *   when --timeout cut it short, every session ran out of retries, or it
+ *   could not start, 2 on a usage error. Failed messages do not change
+ *   it: read the counts.
  * THREADS
  *   One. The ring is SINGLE_ISSUER|DEFER_TASKRUN.
  * SEE ALSO
@@ -750,6 +751,8 @@ ringload_run(struct ringload *rl)
             ringload_progress(rl, us, &last_us, &last_done);
     }
     rl->end_us = now_us();
+    if (!rl->stopping && rl->st.gave_up == o->sessions)
+        rl->end_reason = "gave_up";
 }
 
 
@@ -792,7 +795,8 @@ main(int argc, char **argv)
             rc = 1;
         }
     }
-    if (rl.aborting && strcmp(rl.end_reason, "timeout") == 0)
+    if (strcmp(rl.end_reason, "timeout") == 0 ||
+        strcmp(rl.end_reason, "gave_up") == 0)
         rc = 1;
     if (rl.active == 0) {
         /* Only a clean end frees: an aborted ring may still hold ops. */

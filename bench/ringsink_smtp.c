@@ -343,7 +343,7 @@ smtp_data(struct ringsink_smtp *m, const char *p, size_t n, size_t *used)
     /* Each turn consumes at least one byte or leaves: at most n turns. */
     while (i < n) {
         if (m->in_header) {
-            size_t take;
+            size_t take, total;
             const char *l;
 
             if (!smtp_line_take(m, p + i, n - i, &take)) {
@@ -353,21 +353,22 @@ smtp_data(struct ringsink_smtp *m, const char *p, size_t n, size_t *used)
             i += take;
             smtp_line_chomp(m);
             l = m->line;
-            if (l[0] == '.' && l[1] == '\0' && m->line_total <= 3) {
-                *used = i;
+            total = m->line_total;
+            m->line_len = 0;
+            m->line_total = 0;
+            if (l[0] == '.' && l[1] == '\0' && total <= 3) {
+                *used = i;               /* the end, before any body */
                 return 1;
             }
             if (l[0] == '.') {           /* unstuff */
                 l++;
-                m->line_total--;
+                total--;
             }
-            m->size += m->line_total;
+            m->size += total;
             if (l[0] == '\0')
                 m->in_header = 0;        /* the blank line: body next */
             else
                 smtp_header_line(m, l);
-            m->line_len = 0;
-            m->line_total = 0;
             m->bol = 1;
             m->start_len = 0;
             continue;
