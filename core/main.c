@@ -25,6 +25,7 @@
  */
 #include <arpa/inet.h>
 #include <ck_pr.h>
+#include <dirent.h>
 #include <errno.h>
 #include <getopt.h>
 #include <netinet/in.h>
@@ -39,6 +40,7 @@
 #include "conf.h"
 #include "log.h"
 #include "shard.h"
+#include "spool.h"
 #include "util.h"
 #include "xshard.h"
 
@@ -110,6 +112,43 @@ addr_text(const struct sockaddr_storage *ss, char *buf, size_t len)
         inet_ntop(AF_INET, &s4->sin_addr, ip, sizeof ip);
         snprintf(buf, len, "%s:%u", ip, ntohs(s4->sin_port));
     }
+}
+
+
+/*
+ * spool_stranded - count live messages in shard directories that no shard
+ * of this run will own (Shards lowered, or auto on a smaller machine).
+ * XXX: until delivery can adopt a foreign shard's spool, ringmaild refuses
+ * to start rather than leave accepted mail where nothing looks at it.
+ */
+static uint64_t
+spool_stranded(const char *spool_base, unsigned nshards, char *first,
+               size_t first_len)
+{
+    DIR *d = opendir(spool_base);
+    struct dirent *de;
+    uint64_t live = 0;
+
+    if (d == NULL)
+        return 0;
+    while ((de = readdir(d)) != NULL) {
+        struct spool_scan_stats st;
+        char *end, dir[4200];
+        unsigned long id = strtoul(de->d_name, &end, 10);
+
+        if (de->d_name[0] < '0' || de->d_name[0] > '9' || *end != '\0' ||
+            id < nshards)
+            continue;
+        snprintf(dir, sizeof dir, "%s/%s", spool_base, de->d_name);
+        memset(&st, 0, sizeof st);
+        if (spool_scan(dir, NULL, NULL, &st) == 0 && st.live > 0) {
+            if (live == 0)
+                snprintf(first, first_len, "%s", dir);
+            live += st.live;
+        }
+    }
+    closedir(d);
+    return live;
 }
 
 
@@ -265,6 +304,20 @@ main(int argc, char **argv)
     }
     ncpu = (unsigned)sysconf(_SC_NPROCESSORS_ONLN);
     nshards = conf->shards ? conf->shards : ncpu;
+    {
+        char first[4200] = "";
+        uint64_t live = spool_stranded(conf->spool_base, nshards, first,
+                                       sizeof first);
+
+        if (live > 0) {
+            log_panic("main", "%llu live messages are in %s (and maybe "
+                      "other shard directories) that %u shards would not "
+                      "own; set Shards to at least the number of shard "
+                      "directories in %s", (unsigned long long)live, first,
+                      nshards, conf->spool_base);
+            goto fail;
+        }
+    }
     for (i = 0; i < nshards; i++) {
         char dir[4200];
 

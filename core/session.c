@@ -88,6 +88,8 @@ struct session {
     unsigned send_busy : 1;
     unsigned commit_busy : 1;
     unsigned want_close : 1;     /* close once the replies are sent */
+    unsigned peer_eof : 1;       /* the client half-closed: finish, close */
+    unsigned flush_wait : 1;     /* input held back until replies are sent */
     unsigned closing : 1;
     unsigned admitted : 1;
     unsigned counted_active : 1;
@@ -335,12 +337,20 @@ session_recv_done(struct op *op, int res, uint32_t flags)
             session_run(s, sh->br_mem + (size_t)bid * sh->br_size,
                         (size_t)res);
         shard_buf_return(sh, bid);
-    } else if (res == 0 || (res != -ENOBUFS && res != -ECANCELED)) {
-        /* EOF or a socket error: a transaction in progress is dropped. */
+    } else if (res == 0 && !s->closing) {
+        /*
+         * The client half-closed: it may still read. Answer what it sent
+         * (a commit in flight, pipelined commands), then close; an
+         * unfinished command or message is dropped (session_run).
+         */
+        s->peer_eof = 1;
+        session_run(s, NULL, 0);
+    } else if (res < 0 && res != -ENOBUFS && res != -ECANCELED) {
+        /* A socket error: a transaction in progress is dropped. */
         session_close(s);
     }
     /* Re-arm whenever the multishot ended (ENOBUFS, full CQ, ...). */
-    if (!s->closing && !s->recv_armed && !s->recv_paused)
+    if (!s->closing && !s->recv_armed && !s->recv_paused && !s->peer_eof)
         session_recv_arm(s);
     session_leave(s);
 }
@@ -403,6 +413,7 @@ session_feed(struct session *s, const char *data, size_t len)
 {
     size_t used = 0;
 
+    s->flush_wait = 0;
     while (used < len && !s->want_close && !s->commit_busy) {
         enum smtp_event ev;
         uint64_t rejected = s->smtp.stats.rejected;
@@ -414,6 +425,7 @@ session_feed(struct session *s, const char *data, size_t len)
         } else if (ev == SMTP_EV_CLOSE) {
             s->want_close = 1;
         } else if (ev == SMTP_EV_FLUSH) {
+            s->flush_wait = 1;
             break;
         } else if (used < len) {
             ASSERT(s->smtp.state == SMTP_STATE_COMMIT);
@@ -451,6 +463,13 @@ session_run(struct session *s, const char *data, size_t len)
         used = session_feed(s, data, len);
         pending_append(s, data + used, len - used);
     }
+    /*
+     * After the client's EOF, once nothing can make progress (no commit
+     * to answer, no input held back for replies), what is left is an
+     * unfinished command or message: drop it and close.
+     */
+    if (s->peer_eof && !s->commit_busy && !s->flush_wait)
+        s->want_close = 1;
     if (s->want_close) {
         /* QUIT or a fatal error: whatever else the client sent is moot. */
         free(s->pending);
@@ -464,7 +483,7 @@ session_run(struct session *s, const char *data, size_t len)
         session_recv_cancel(s);
     } else if (s->recv_paused && s->pending_len < SESSION_PENDING_MAX / 2) {
         s->recv_paused = 0;
-        if (!s->recv_armed && !s->want_close)
+        if (!s->recv_armed && !s->want_close && !s->peer_eof)
             session_recv_arm(s);
     }
 
