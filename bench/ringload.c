@@ -50,7 +50,7 @@
 
 #define RINGLOAD_ABORT_GRACE_MS 5000  /* cancels after --timeout */
 #define RINGLOAD_TOKENS_BUF (1u << 20)
-#define RINGLOAD_BUF_SIZE 2048        /* replies are small */
+#define RINGLOAD_BUF_SIZE 1024        /* replies are small */
 
 static volatile sig_atomic_t ringload_signals;
 
