@@ -73,7 +73,8 @@ fi
 
 # free_port - a port nobody listens on (smtp-sink wants a number)
 free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+    python3 -c 'import socket; s = socket.socket()
+s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
 # start_smtp_sink - smtp-sink on a fresh port; sets sink_port, sink_pid
@@ -168,8 +169,11 @@ summary() {
     }' "$tmp/table"
 }
 
-echo "# $(date -u +%Y-%m-%dT%H:%MZ) commit $(git -C "$src" rev-parse --short HEAD)$(git -C "$src" diff --quiet HEAD -- . ':!bench/results' || echo -dirty)"
-echo "# kernel $(uname -r), $(nproc) CPUs, $(sed -n 's/^model name\t: //p' /proc/cpuinfo | head -1)"
+commit=$(git -C "$src" rev-parse --short HEAD)
+git -C "$src" diff --quiet HEAD -- . ':!bench/results' || commit=$commit-dirty
+cpu=$(sed -n 's/^model name\t: //p' /proc/cpuinfo | head -1)
+echo "# $(date -u +%Y-%m-%dT%H:%MZ) commit $commit"
+echo "# kernel $(uname -r), $(nproc) CPUs, $cpu"
 echo "# pinning: $([ $pin = 1 ] && echo 'sink CPU 0, load CPU 1' || echo none)"
 : > "$tmp/runs"
 
@@ -208,7 +212,8 @@ if [ $mode = gen ]; then
 else
     start_smtp_sink
     start_ringsink
-    echo "# smtp-sink -u nobody 127.0.0.1:$sink_port 4096; $ringsink 127.0.0.1:0"
+    echo "# smtp-sink -u nobody 127.0.0.1:$sink_port 4096"
+    echo "# $ringsink 127.0.0.1:0"
     src_cmd="smtp-source -s $SESSIONS -m $MSGS -l 1024 -f a@b.test -t c@d.test"
     echo "# load: $src_cmd [-d] 127.0.0.1:PORT"
     tick=$(getconf CLK_TCK)

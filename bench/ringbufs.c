@@ -67,6 +67,7 @@ ringbufs_return(struct ringbufs *rb, unsigned bid)
 }
 
 
+/* ringbufs_fini - unregister the group and free the buffers */
 void
 ringbufs_fini(struct ringbufs *rb)
 {

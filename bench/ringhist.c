@@ -8,6 +8,7 @@
 #include "util.h"
 
 
+/* ringhist_reset - empty the histogram */
 void
 ringhist_reset(struct ringhist *h)
 {
@@ -16,6 +17,7 @@ ringhist_reset(struct ringhist *h)
 }
 
 
+/* ringhist_merge - add the counts of from to to */
 void
 ringhist_merge(struct ringhist *to, const struct ringhist *from)
 {
@@ -72,6 +74,7 @@ ringhist_quantile(const struct ringhist *h, double q)
 }
 
 
+/* ringhist_mean - the mean of the values (0 when empty) */
 double
 ringhist_mean(const struct ringhist *h)
 {

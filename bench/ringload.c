@@ -55,6 +55,7 @@
 static volatile sig_atomic_t ringload_signals;
 
 
+/* ringload_usage - the --help text */
 static void
 ringload_usage(FILE *fp)
 {
@@ -323,6 +324,7 @@ ringload_claim(struct ringload *rl)
 }
 
 
+/* ringload_unclaim - give back a message a conn claimed and will not send */
 void
 ringload_unclaim(struct ringload *rl)
 {
@@ -393,6 +395,7 @@ ringload_txn_done(struct ringload *rl, struct ringload_conn *c, int code)
 
 /* --- reporting ----------------------------------------------------------- */
 
+/* ringload_finished - transactions that have an outcome */
 static uint64_t
 ringload_finished(const struct ringload *rl)
 {
@@ -451,6 +454,7 @@ struct ringload_cpu {
 };
 
 
+/* ringload_cpu_get - this process's CPU time and voluntary sleeps */
 static void
 ringload_cpu_get(struct ringload_cpu *cpu)
 {
@@ -604,6 +608,7 @@ ringload_json(const struct ringload *rl, const struct ringload_cpu *cpu,
 
 /* --- the run ------------------------------------------------------------- */
 
+/* ringload_signal - SIGINT/SIGTERM: the first stops, the second aborts */
 static void
 ringload_signal(int sig)
 {
@@ -756,6 +761,7 @@ ringload_run(struct ringload *rl)
 }
 
 
+/* main - options, setup, run, report */
 int
 main(int argc, char **argv)
 {

@@ -74,6 +74,7 @@ static void conn_connect(struct ringload_conn *c);
 static void conn_next(struct ringload_conn *c);
 
 
+/* ringload_conn_state_name - a conn state for reports */
 const char *
 ringload_conn_state_name(enum ringload_conn_state st)
 {
@@ -97,6 +98,7 @@ ringload_conn_state_name(enum ringload_conn_state st)
 
 /* --- lists --------------------------------------------------------------- */
 
+/* conn_list_remove - take c off whatever list it is on */
 static void
 conn_list_remove(struct ringload_conn *c)
 {
@@ -118,6 +120,7 @@ conn_list_remove(struct ringload_conn *c)
 }
 
 
+/* conn_list_append - put c at the tail of l (leaving its old list) */
 static void
 conn_list_append(struct ringload_list *l, struct ringload_conn *c)
 {
@@ -213,6 +216,7 @@ conn_closed(struct ringload_conn *c)
 }
 
 
+/* conn_hold - one more op in flight, or a handler holding c */
 static inline void
 conn_hold(struct ringload_conn *c)
 {
@@ -230,6 +234,7 @@ conn_put(struct ringload_conn *c)
 }
 
 
+/* conn_cancel_done - the cancel of a closing conn completed */
 static void
 conn_cancel_done(struct op *op, int res, uint32_t flags)
 {
@@ -278,6 +283,7 @@ conn_fail(struct ringload_conn *c)
 
 /* --- sending ------------------------------------------------------------- */
 
+/* conn_send_submit - submit c->iov (one send in flight per conn) */
 static void
 conn_send_submit(struct ringload_conn *c)
 {
@@ -323,6 +329,7 @@ conn_send(struct ringload_conn *c, const void *a, size_t alen,
 }
 
 
+/* conn_send_done - resume a short send, or start the queued one */
 static void
 conn_send_done(struct op *op, int res, uint32_t flags)
 {
@@ -365,6 +372,7 @@ conn_send_done(struct op *op, int res, uint32_t flags)
 
 /* --- the dialogue -------------------------------------------------------- */
 
+/* conn_expect - await one more reply of this kind */
 static void
 conn_expect(struct ringload_conn *c, enum conn_expect kind)
 {
@@ -375,6 +383,7 @@ conn_expect(struct ringload_conn *c, enum conn_expect kind)
 }
 
 
+/* conn_expect_pop - the kind of the oldest awaited reply */
 static enum conn_expect
 conn_expect_pop(struct ringload_conn *c)
 {
@@ -398,6 +407,7 @@ conn_send_cmd(struct ringload_conn *c, unsigned i)
 }
 
 
+/* conn_quit - send QUIT; the claim, if any, goes back */
 static void
 conn_quit(struct ringload_conn *c)
 {
@@ -511,6 +521,7 @@ conn_data_go(struct ringload_conn *c)
 }
 
 
+/* conn_quit_deferred - QUIT answered, reap pass over: close */
 static void
 conn_quit_deferred(struct op *op, int res, uint32_t flags)
 {
@@ -745,6 +756,7 @@ conn_eof(struct ringload_conn *c)
 static void conn_recv_done(struct op *op, int res, uint32_t flags);
 
 
+/* conn_recv_arm - multishot recv on the slot into provided buffers */
 static void
 conn_recv_arm(struct ringload_conn *c)
 {
@@ -760,6 +772,7 @@ conn_recv_arm(struct ringload_conn *c)
 }
 
 
+/* conn_recv_done - replies, EOF, or the end of the multishot */
 static void
 conn_recv_done(struct op *op, int res, uint32_t flags)
 {
@@ -797,6 +810,7 @@ conn_recv_done(struct op *op, int res, uint32_t flags)
 
 /* --- connecting ---------------------------------------------------------- */
 
+/* conn_connect_done - connected (or not): await the greeting */
 static void
 conn_connect_done(struct op *op, int res, uint32_t flags)
 {

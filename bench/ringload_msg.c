@@ -202,6 +202,7 @@ ringload_msg_patch(const struct ringload_msg *m, char *head, uint32_t seq)
 }
 
 
+/* ringload_msg_fini - free the rendered text */
 void
 ringload_msg_fini(struct ringload_msg *m)
 {

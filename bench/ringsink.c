@@ -176,6 +176,7 @@ conn_free(struct ringsink_conn *c)
 }
 
 
+/* conn_hold - one more op in flight, or a handler holding c */
 static inline void
 conn_hold(struct ringsink_conn *c)
 {
@@ -193,6 +194,7 @@ conn_put(struct ringsink_conn *c)
 }
 
 
+/* conn_cancel_done - the cancel of a closing conn completed */
 static void
 conn_cancel_done(struct op *op, int res, uint32_t flags)
 {
@@ -200,6 +202,7 @@ conn_cancel_done(struct op *op, int res, uint32_t flags)
 }
 
 
+/* conn_pause_done - a recv or timer cancel completed */
 static void
 conn_pause_done(struct op *op, int res, uint32_t flags)
 {
@@ -234,6 +237,7 @@ conn_close(struct ringsink_conn *c)
 
 /* --- sending ------------------------------------------------------------- */
 
+/* conn_send_submit - send the rest of the sending buffer */
 static void
 conn_send_submit(struct ringsink_conn *c)
 {
@@ -260,6 +264,7 @@ conn_flush(struct ringsink_conn *c)
 }
 
 
+/* conn_send_done - finish a short send, or carry on with the input */
 static void
 conn_send_done(struct op *op, int res, uint32_t flags)
 {
@@ -335,6 +340,7 @@ conn_answer(struct ringsink_conn *c)
 }
 
 
+/* conn_timer_done - --latency is over: answer the message, carry on */
 static void
 conn_timer_done(struct op *op, int res, uint32_t flags)
 {
@@ -491,6 +497,7 @@ conn_input(struct ringsink_conn *c, const char *p, size_t n)
 
 /* --- receiving ----------------------------------------------------------- */
 
+/* conn_recv_done - input, EOF, or the end of the multishot */
 static void
 conn_recv_done(struct op *op, int res, uint32_t flags)
 {
@@ -523,6 +530,7 @@ conn_recv_done(struct op *op, int res, uint32_t flags)
 }
 
 
+/* conn_recv_arm - multishot recv into the provided buffers */
 static void
 conn_recv_arm(struct ringsink_conn *c)
 {
@@ -606,6 +614,7 @@ conn_start(struct ringsink *rs, int fd)
 static void ringsink_accept_arm(struct ringsink *rs);
 
 
+/* ringsink_accept_done - a new connection, or the multishot ended */
 static void
 ringsink_accept_done(struct op *op, int res, uint32_t flags)
 {
@@ -625,6 +634,7 @@ ringsink_accept_done(struct op *op, int res, uint32_t flags)
 }
 
 
+/* ringsink_accept_arm - multishot accept on the listener */
 static void
 ringsink_accept_arm(struct ringsink *rs)
 {
@@ -638,6 +648,7 @@ ringsink_accept_arm(struct ringsink *rs)
 
 /* --- options and reports ------------------------------------------------- */
 
+/* ringsink_usage - the --help text */
 static void
 ringsink_usage(FILE *fp)
 {
@@ -941,6 +952,7 @@ ringsink_json(const struct ringsink *rs, const char *path)
 
 /* --- the run ------------------------------------------------------------- */
 
+/* ringsink_signal - SIGUSR1: report; SIGTERM/SIGINT: stop */
 static void
 ringsink_signal(int sig)
 {
@@ -1053,6 +1065,7 @@ ringsink_cleanup(struct ringsink *rs)
 }
 
 
+/* main - options, setup, the loop, the final report */
 int
 main(int argc, char **argv)
 {

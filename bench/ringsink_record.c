@@ -61,6 +61,7 @@ ringsink_token_share(const char *token, size_t len)
 }
 
 
+/* ringsink_record_init - an empty record writing to fp (NULL: count only) */
 void
 ringsink_record_init(struct ringsink_record *r, FILE *fp)
 {
@@ -172,6 +173,7 @@ ringsink_record_add(struct ringsink_record *r, const char *token,
 }
 
 
+/* ringsink_record_fini - free the table and the strings */
 void
 ringsink_record_fini(struct ringsink_record *r)
 {

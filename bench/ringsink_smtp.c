@@ -27,6 +27,7 @@
 #include "util.h"
 
 
+/* ringsink_smtp_state_name - a machine state for reports */
 const char *
 ringsink_smtp_state_name(enum ringsink_smtp_state st)
 {
@@ -41,6 +42,7 @@ ringsink_smtp_state_name(enum ringsink_smtp_state st)
 }
 
 
+/* ringsink_smtp_init - a new connection: command state, no buffer yet */
 void
 ringsink_smtp_init(struct ringsink_smtp *m,
                    const struct ringsink_smtp_conf *conf,
@@ -81,6 +83,7 @@ smtp_reply(struct ringsink_smtp *m, const char *fmt, ...)
 }
 
 
+/* ringsink_smtp_greet - the 220 greeting */
 void
 ringsink_smtp_greet(struct ringsink_smtp *m)
 {
