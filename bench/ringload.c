@@ -183,6 +183,10 @@ ringload_options(struct ringload_opts *o, int argc, char **argv)
     o->phase_timeout_ms = 30000;
     o->retries = 5;
     o->retry_delay_ms = 100;
+    /* getopt_long permutes argv: keep the order as typed for the JSON. */
+    o->argc = argc;
+    o->argv = xcalloc((size_t)argc + 1, sizeof *o->argv);
+    memcpy(o->argv, argv, (size_t)argc * sizeof *argv);
     snprintf(o->run_id, sizeof o->run_id, "rl%llx-%u",
              (unsigned long long)time(NULL), (unsigned)getpid());
 
@@ -536,6 +540,13 @@ ringload_json(const struct ringload *rl, const struct ringload_cpu *cpu,
     ringload_json_str(fp, o->target);
     fprintf(fp, ",\n  \"run_id\": ");
     ringload_json_str(fp, o->run_id);
+    fprintf(fp, ",\n  \"argv\": [");
+    for (int i = 0; i < o->argc; i++) {
+        if (i > 0)
+            fprintf(fp, ", ");
+        ringload_json_str(fp, o->argv[i]);
+    }
+    fprintf(fp, "]");
     fprintf(fp, ",\n  \"options\": {\"sessions\": %u, \"messages\": %llu, "
             "\"duration_s\": %u, \"timeout_s\": %u, \"size\": %zu, "
             "\"per_conn\": %u, \"pipelining\": %s, \"rate\": %u, "
@@ -810,6 +821,7 @@ main(int argc, char **argv)
             free(rl.conns[i].head);
         free(rl.conns);
         ringload_msg_fini(&rl.msg);
+        free(rl.o.argv);
         ringbufs_fini(&rl.bufs);
         loop_fini(&rl.loop);
     }

@@ -78,6 +78,8 @@
 #define RINGLOAD_BGID 7
 
 struct ringload_opts {
+    int argc;                     /* the command line, for the JSON */
+    char **argv;
     const char *target;
     struct sockaddr_storage addr;
     socklen_t addrlen;
