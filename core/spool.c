@@ -314,6 +314,21 @@ spool_rec_mark_encode(void *dst, size_t cap, unsigned type, const char *id,
 }
 
 
+/* spool_rec_pad_encode - a PAD record of exactly bytes, salted */
+void
+spool_rec_pad_encode(void *dst, uint64_t bytes, uint32_t salt)
+{
+    unsigned char *r = dst, *p = r + SPOOL_REC_HDR_BYTES;
+    uint64_t payload = bytes - SPOOL_REC_HDR_BYTES;
+
+    ASSERT(bytes >= SPOOL_REC_HDR_BYTES);
+    ASSERT(bytes % SPOOL_REC_ALIGN == 0);
+    memset(p, 0, payload);
+    spool_rec_hdr_put(r, SPOOL_REC_PAD, payload, crc32c(0, p, payload),
+                      salt);
+}
+
+
 /* spool_done_list - run done(m, res) for a detached list of messages */
 static void
 spool_done_list(struct spool_msg *m, int res)
@@ -1227,8 +1242,12 @@ spool_scan_resync(const struct spool_scan_seg *sg, uint64_t off,
         if (w == 0)
             continue;
         *nonzero = 1;
+        /*
+         * Not on a PAD: every batch ends with one, so a batch torn at the
+         * tail would pass for corruption followed by valid data.
+         */
         if (spool_rec_get32(sg->map + o) == SPOOL_REC_MAGIC &&
-            spool_scan_rec(sg, o, salt, &h))
+            spool_scan_rec(sg, o, salt, &h) && h.type != SPOOL_REC_PAD)
             return o;
     }
     for (; o < sg->size; o++) {
@@ -1469,7 +1488,8 @@ spool_scan_segment(struct spool_scanner *sc, uint32_t si)
             off = next;
             continue;
         }
-        sg->empty = 0;
+        if (h.type != SPOOL_REC_PAD)
+            sg->empty = 0;
         pl = sg->map + off + SPOOL_REC_HDR_BYTES;
         /*
          * Only an END may follow a MSG. A MSG followed by anything else
@@ -1506,7 +1526,7 @@ spool_scan_segment(struct spool_scanner *sc, uint32_t si)
         } else if (h.type == SPOOL_REC_DONE) {
             spool_scan_add_mark(sc, pl, h.payload_bytes);
         }
-        /* DEFER, a stray SEGHDR, unknown types: nothing to recover yet. */
+        /* PAD, DEFER, a stray SEGHDR, unknown types: nothing to recover. */
         off += spool_rec_size(h.payload_bytes);
     }
 }

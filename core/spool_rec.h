@@ -3,6 +3,7 @@
  *
  * SYNOPSIS
  *   uint64_t spool_rec_size(uint64_t payload_bytes);
+ *   uint64_t spool_rec_pad_bytes(uint64_t end);
  *   void spool_rec_hdr_put(void *dst, unsigned type, uint64_t payload_bytes,
  *                          uint32_t payload_crc, uint32_t salt);
  *   int  spool_rec_hdr_get(const void *src, uint32_t salt,
@@ -10,6 +11,7 @@
  *   size_t spool_rec_mark_encode(void *dst, size_t cap, unsigned type,
  *                                const char *id, uint32_t rcpt,
  *                                uint32_t salt);
+ *   void spool_rec_pad_encode(void *dst, uint64_t bytes, uint32_t salt);
  * DESCRIPTION
  *   A segment is a sequence of records, each starting at an 8-byte aligned
  *   offset: a fixed 24-byte header, the payload, zero padding up to the
@@ -33,6 +35,16 @@
  *   Unwritten preallocated space reads as zeros; a zero header is the end
  *   of the segment's data.
  *
+ *   Each write of records (the SEGHDR, a group commit batch) starts on a
+ *   SPOOL_REC_BLOCK boundary and ends on one: a PAD record fills the rest
+ *   of its last block. Writes are then whole, aligned blocks (O_DIRECT
+ *   takes nothing else), and a block holding acknowledged records is never
+ *   written again, so a torn write cannot reach them. PAD makes the
+ *   padding a record like any other rather than a run of zeros, so a zero
+ *   header keeps its one meaning and a reader that walks records needs no
+ *   rule for it. Segments written before PAD existed (records packed
+ *   end to end) read the same way.
+ *
  *   Payloads, with str = u32 length, the bytes, a NUL (not counted):
  *     SEGHDR  u32 shard id, u32 salt, u64 segment seq, i64 created (unix s),
  *             u64 bytes preallocated at creation
@@ -42,12 +54,18 @@
  *             u32 0, str id
  *     DONE    u32 rcpt index or SPOOL_RCPT_ALL, u32 0, str id
  *     DEFER   same as DONE
+ *     PAD     zeros; the record exists to end a write on a block boundary
  *   A message is committed when its MSG record is followed immediately by
  *   an intact END naming it. It stays live until DONE records (anywhere in
  *   the shard's log) cover every recipient.
  *
  *   spool_rec_mark_encode() builds a DONE or DEFER record (tests, and the
  *   delivery code later) and returns its size, or 0 when cap is too small.
+ *
+ *   spool_rec_pad_bytes() is the size of the PAD record that takes a write
+ *   ending at segment offset end (8-aligned) to a block boundary: 0 when it
+ *   is on one, and one block more when the gap is too short for a header.
+ *   spool_rec_pad_encode() writes a PAD record of exactly bytes.
  * OWNERSHIP
  *   Callers own every buffer.
  * THREADS
@@ -72,6 +90,8 @@
 #define SPOOL_REC_VERSION     1
 #define SPOOL_REC_HDR_BYTES   24
 #define SPOOL_REC_ALIGN       8
+/* Writes start and end on multiples of this: the O_DIRECT unit. */
+#define SPOOL_REC_BLOCK       4096
 /* Sanity bound for a length read from disk; batches stay far below it. */
 #define SPOOL_REC_PAYLOAD_MAX ((uint64_t)1 << 30)
 
@@ -80,6 +100,7 @@
 #define SPOOL_REC_END    3
 #define SPOOL_REC_DONE   4
 #define SPOOL_REC_DEFER  5
+#define SPOOL_REC_PAD    6
 
 #define SPOOL_RCPT_ALL 0xffffffffu
 
@@ -153,6 +174,20 @@ spool_rec_size(uint64_t payload_bytes)
 }
 
 
+/* spool_rec_pad_bytes - PAD record size that takes end to a block edge */
+static inline uint64_t
+spool_rec_pad_bytes(uint64_t end)
+{
+    uint64_t gap = (SPOOL_REC_BLOCK - end % SPOOL_REC_BLOCK) %
+                   SPOOL_REC_BLOCK;
+
+    /* 8 or 16 bytes cannot hold a header: pad through the next block. */
+    if (gap != 0 && gap < SPOOL_REC_HDR_BYTES)
+        gap += SPOOL_REC_BLOCK;
+    return gap;
+}
+
+
 /* spool_rec_str_size - encoded size of a str field */
 static inline uint64_t
 spool_rec_str_size(size_t len)
@@ -201,5 +236,6 @@ spool_rec_hdr_get(const void *src, uint32_t salt, struct spool_rec_hdr *h)
 
 size_t spool_rec_mark_encode(void *dst, size_t cap, unsigned type,
                              const char *id, uint32_t rcpt, uint32_t salt);
+void spool_rec_pad_encode(void *dst, uint64_t bytes, uint32_t salt);
 
 #endif
