@@ -108,6 +108,7 @@ struct ringsink_conn {
     unsigned want_close : 1;     /* close once the replies are out */
     unsigned peer_eof : 1;
     unsigned peer_known : 1;
+    unsigned shut : 1;           /* the sending batch is the last one */
     enum ringsink_verdict verdict;
     struct __kernel_timespec ts;
 
@@ -260,6 +261,7 @@ conn_flush(struct ringsink_conn *c)
     c->send_off = 0;
     c->fill = !c->fill;
     ringsink_smtp_out(&c->smtp, c->out[c->fill], RINGSINK_OUT_CAP);
+    c->shut = c->want_close;
     conn_send_submit(c);
 }
 
@@ -277,10 +279,21 @@ conn_send_done(struct op *op, int res, uint32_t flags)
             conn_close(c);
         } else {
             c->send_off += (size_t)res;
-            if (c->send_off < c->send_len)
+            if (c->send_off < c->send_len) {
                 conn_send_submit(c);
-            else
+            } else {
+                /*
+                 * The last reply (221, 421) is out: FIN now, as smtp-sink
+                 * closes right after writing; it also ends our recv, so
+                 * the close needs no cancel. A plain shutdown(2): it does
+                 * not block, and IORING_OP_SHUTDOWN would run in an io-wq
+                 * worker that looks the fd up late, when the number may
+                 * already belong to the next connection.
+                 */
+                if (c->shut)
+                    shutdown(c->fd, SHUT_RDWR);
                 conn_run(c);
+            }
         }
     }
     conn_put(c);
@@ -597,6 +610,7 @@ conn_start(struct ringsink *rs, int fd)
     c->inflight = 0;
     c->recv_armed = c->send_busy = c->timer_busy = c->paused = 0;
     c->closing = c->want_close = c->peer_eof = c->peer_known = 0;
+    c->shut = 0;
     c->fill = 0;
     c->send_len = c->send_off = 0;
     c->backlog_len = c->backlog_off = 0;
