@@ -5,17 +5,28 @@
  *
  *   spool_commit() queues m; spool_flush() (the before-wait hook) encodes
  *   queued messages into the filling batch (spool_fill) and, when no batch
- *   is in flight, submits it as one write linked to one fdatasync
- *   (spool_submit); spool_batch_done() runs every message's done().
+ *   is in flight, pads it to whole blocks and submits it as one O_DIRECT
+ *   write with RWF_DSYNC, or in the buffered fallback as one write linked
+ *   to one fdatasync (spool_submit); spool_batch_done() runs every
+ *   message's done().
  *
  * Encoding goes on while the previous batch is on the disk, so when it
  * completes the next one is submitted without copying first: that is why
- * there are two batch buffers. A batch never spans segments. When the queue
- * head does not fit the current segment, the batch targets the next one,
- * which the spool_prep machine makes on the ring (openat; then fallocate ->
- * write SEGHDR -> fsync -> fsync(dir), linked), normally started when the
- * current segment passes half full. A failed spool probes with the same
- * machine: a prepared segment proves the disk takes writes again.
+ * there are two batch buffers (block aligned, for O_DIRECT). A batch never
+ * spans segments. When the queue head does not fit the current segment,
+ * the batch targets the next one, which the spool_prep machine makes on
+ * the ring (openat; fallocate; zero writes, SPOOL_ZERO_DEPTH in flight;
+ * then SEGHDR block -> fsync -> fsync(dir), linked), normally started when
+ * the current segment passes half full. spool_open() runs the same machine
+ * on a private ring for its first segment. A failed spool probes with it
+ * too: a prepared segment proves the disk takes writes again.
+ *
+ * Zeroing is what makes the commit cheap: an O_DIRECT write into unwritten
+ * (fallocated) extents must convert them, a metadata change that sends a
+ * sub-block write to an io-wq thread and makes RWF_DSYNC sync the inode;
+ * into written zeros it is a plain overwrite plus a cache flush.
+ * FALLOC_FL_ZERO_RANGE only makes unwritten extents again, so the zeros
+ * are real writes.
  *
  * Recovery (spool_scan_*) maps every segment read-only and makes two
  * passes: the first checks every record and indexes committed messages and
@@ -42,6 +53,11 @@
 
 #define SPOOL_SEGHDR_BYTES \
     (SPOOL_REC_HDR_BYTES + SPOOL_SEGHDR_PAYLOAD_BYTES)
+/* The SEGHDR has block 0 to itself; batches start after it. */
+#define SPOOL_DATA_OFF SPOOL_REC_BLOCK
+/* Zeroing a new segment: 4 writes of 1 MiB in flight was the fastest. */
+#define SPOOL_ZERO_BYTES ((size_t)1 << 20)
+#define SPOOL_ZERO_DEPTH 4
 #define SPOOL_SEG_NAME_MAX 32           /* "seg-" 16 hex ".log" NUL */
 #define SPOOL_CORRUPT_NAME_MAX 64
 /* A batch stops taking messages past this, so one fdatasync stays short. */
@@ -54,6 +70,11 @@
 
 _Static_assert(SPOOL_SEGHDR_BYTES % SPOOL_REC_ALIGN == 0,
                "records after SEGHDR must stay aligned");
+_Static_assert(SPOOL_BATCH_INIT_BYTES % SPOOL_REC_BLOCK == 0 &&
+               SPOOL_ZERO_BYTES % SPOOL_REC_BLOCK == 0,
+               "buffers and zero writes are whole blocks");
+
+int spool_force_buffered;
 
 struct spool_batch {
     struct spool *sp;
@@ -65,6 +86,7 @@ struct spool_batch {
     uint64_t off;                /* segment offset of buf[0] */
     uint32_t salt;
     unsigned pending;            /* CQEs still to come (write, fdatasync) */
+    int direct;                  /* RWF_DSYNC, no fdatasync */
     int write_res, sync_res;
     struct op write_op, sync_op;
 };
@@ -72,8 +94,9 @@ struct spool_batch {
 enum spool_prep_state {
     SPOOL_PREP_IDLE,             /* no next segment */
     SPOOL_PREP_OPEN,             /* openat in flight */
-    SPOOL_PREP_ALLOC,            /* fallocate, SEGHDR, fsync, fsync(dir) */
-    SPOOL_PREP_GROW,             /* fallocate, fsync: a message needs room */
+    SPOOL_PREP_ALLOC,            /* fallocate in flight */
+    SPOOL_PREP_ZERO,             /* zero writes in flight */
+    SPOOL_PREP_SYNC,             /* [SEGHDR block,] fsync[, fsync(dir)] */
     SPOOL_PREP_READY,
 };
 
@@ -81,6 +104,8 @@ struct spool_prep_step {
     struct op op;
     struct spool_prep *p;
     int res;
+    uint64_t off;                /* zero write: where, how much is left */
+    size_t len;
 };
 
 struct spool_prep {
@@ -88,18 +113,23 @@ struct spool_prep {
     enum spool_prep_state state;
     int fd;
     uint64_t seq;
-    uint64_t bytes;              /* preallocated and synced */
+    uint64_t bytes;              /* preallocated, zeroed and synced */
     uint64_t want_bytes;         /* wanted; a big message raises it */
-    uint64_t alloc_bytes;        /* being allocated by the chain in flight */
+    uint64_t alloc_bytes;        /* being allocated by the steps in flight */
+    uint64_t zero_next;          /* next offset to zero */
     uint32_t salt;
+    int grow;                    /* adding room, not making the segment */
     int probe;                   /* made by the failure probe */
+    int boot;                    /* spool_open(): report err, no more */
     int discard;                 /* the spool failed meanwhile: drop it */
-    int err;                     /* last failure; ahead prep waits for need */
+    int err;                     /* last failure (of a zero write, or of
+                                    the prep: ahead prep waits for need) */
     unsigned pending, steps_used;
     struct op open_op;
-    struct spool_prep_step steps[4];
+    struct spool_prep_step steps[MAX(SPOOL_ZERO_DEPTH, 3)];
     char name[SPOOL_SEG_NAME_MAX];
-    unsigned char hdr[SPOOL_SEGHDR_BYTES];
+    unsigned char *hdr;          /* block 0: SEGHDR + PAD, block aligned */
+    const unsigned char *zeros;  /* SPOOL_ZERO_BYTES, read-only */
 };
 
 /* A close or unlink nobody waits for; owns its copy of the name. */
@@ -168,7 +198,22 @@ spool_seg_parse(const char *name, uint64_t *seq)
 }
 
 
-/* spool_seghdr_encode - the first record of a segment (header salt 0) */
+/* spool_block_alloc - block-aligned memory for O_DIRECT; aborts if none */
+static unsigned char *
+spool_block_alloc(size_t bytes)
+{
+    void *p = NULL;
+    int rc;
+
+    ASSERT(bytes % SPOOL_REC_BLOCK == 0);
+    rc = posix_memalign(&p, SPOOL_REC_BLOCK, bytes);
+    if (rc != 0)
+        panic("posix_memalign(%zu): %s", bytes, strerror(rc));
+    return p;
+}
+
+
+/* spool_seghdr_encode - block 0: the SEGHDR (header salt 0), then PAD */
 static void
 spool_seghdr_encode(unsigned char *dst, unsigned shard_id, uint32_t salt,
                     uint64_t seq, uint64_t bytes)
@@ -182,6 +227,8 @@ spool_seghdr_encode(unsigned char *dst, unsigned shard_id, uint32_t salt,
     spool_rec_put64(p + 24, bytes);
     spool_rec_hdr_put(dst, SPOOL_REC_SEGHDR, SPOOL_SEGHDR_PAYLOAD_BYTES,
                       crc32c(0, p, SPOOL_SEGHDR_PAYLOAD_BYTES), 0);
+    spool_rec_pad_encode(dst + SPOOL_SEGHDR_BYTES,
+                         SPOOL_DATA_OFF - SPOOL_SEGHDR_BYTES, salt);
 }
 
 
@@ -443,36 +490,15 @@ spool_prep_drop(struct spool *sp)
 }
 
 
-/* spool_prep_step_done - one CQE of a prep chain */
+/* spool_direct_refused - the file system refuses O_DIRECT: fall back */
 static void
-spool_prep_step_done(struct op *op, int res, uint32_t cqe_flags)
+spool_direct_refused(struct spool *sp)
 {
-    struct spool_prep_step *s = container_of(op, struct spool_prep_step, op);
-    struct spool_prep *p = s->p;
-    int err = 0, canceled = 0;
-    unsigned i;
-
-    s->res = res;
-    ASSERT(p->pending > 0);
-    if (--p->pending > 0)
-        return;
-    for (i = 0; i < p->steps_used; i++) {
-        int r = p->steps[i].res;
-
-        /* Step 1 of ALLOC writes the SEGHDR: a short write is a failure. */
-        if (p->state == SPOOL_PREP_ALLOC && i == 1 && r >= 0 &&
-            r != SPOOL_SEGHDR_BYTES)
-            r = -EIO;
-        if (r == -ECANCELED)
-            canceled = 1;
-        else if (r < 0 && err == 0)
-            err = r;
-    }
-    if (err == 0 && canceled)
-        err = -EIO;
-    if (err == 0)
-        p->bytes = p->alloc_bytes;
-    spool_prep_settle(p->sp, err);
+    ASSERT(sp->direct);
+    /* Once per spool: the mode never goes back. */
+    sp->direct = 0;
+    log_panic("spool", "shard %u: %s refuses O_DIRECT; committing with "
+              "buffered writes and fdatasync", sp->shard_id, sp->dir);
 }
 
 
@@ -490,35 +516,206 @@ spool_prep_step(struct spool_prep *p, unsigned i, int link)
 }
 
 
-/* spool_prep_alloc - preallocate bytes (and write the SEGHDR if hdr) */
+/* spool_prep_sync - SEGHDR block, fsync, fsync(dir); fsync alone to grow */
 static void
-spool_prep_alloc(struct spool *sp, uint64_t bytes, int hdr)
+spool_prep_sync(struct spool *sp)
 {
     struct spool_prep *p = sp->prep;
-    struct io_uring_sqe *sqe;
-    unsigned n = hdr ? 4 : 2;
+    unsigned n = p->grow ? 1 : 3;
 
-    ASSERT(p->fd >= 0);
-    ASSERT(bytes >= SPOOL_SEGHDR_BYTES);
-    p->alloc_bytes = bytes;
+    p->state = SPOOL_PREP_SYNC;
     p->steps_used = n;
     p->pending = n;
     spool_sq_room(sp, n);
-    sqe = spool_prep_step(p, 0, 1);
-    io_uring_prep_fallocate(sqe, p->fd, 0, 0, (off_t)bytes);
-    if (hdr) {
-        spool_seghdr_encode(p->hdr, sp->shard_id, p->salt, p->seq, bytes);
-        sqe = spool_prep_step(p, 1, 1);
-        io_uring_prep_write(sqe, p->fd, p->hdr, SPOOL_SEGHDR_BYTES, 0);
-        /* fsync, not fdatasync: the new size and extents must be durable. */
-        io_uring_prep_fsync(spool_prep_step(p, 2, 1), p->fd, 0);
-        /* And the directory entry, before a 250 depends on the file. */
-        io_uring_prep_fsync(spool_prep_step(p, 3, 0), sp->dir_fd, 0);
-        p->state = SPOOL_PREP_ALLOC;
-    } else {
-        io_uring_prep_fsync(spool_prep_step(p, 1, 0), p->fd, 0);
-        p->state = SPOOL_PREP_GROW;
+    if (p->grow) {
+        io_uring_prep_fsync(spool_prep_step(p, 0, 0), p->fd, 0);
+        return;
     }
+    spool_seghdr_encode(p->hdr, sp->shard_id, p->salt, p->seq,
+                        p->alloc_bytes);
+    io_uring_prep_write(spool_prep_step(p, 0, 1), p->fd, p->hdr,
+                        SPOOL_DATA_OFF, 0);
+    /* fsync, not fdatasync: the new size and extents must be durable. */
+    io_uring_prep_fsync(spool_prep_step(p, 1, 1), p->fd, 0);
+    /* And the directory entry, before a 250 depends on the file. */
+    io_uring_prep_fsync(spool_prep_step(p, 2, 0), sp->dir_fd, 0);
+}
+
+
+/* spool_prep_sync_done - every CQE of the sync chain is in */
+static void
+spool_prep_sync_done(struct spool_prep *p)
+{
+    int err = 0, canceled = 0;
+    unsigned i;
+
+    for (i = 0; i < p->steps_used; i++) {
+        int r = p->steps[i].res;
+
+        /* Step 0 of a new segment writes block 0: short is a failure. */
+        if (!p->grow && i == 0 && r >= 0 && r != SPOOL_DATA_OFF)
+            r = -EIO;
+        if (r == -ECANCELED)
+            canceled = 1;
+        else if (r < 0 && err == 0)
+            err = r;
+    }
+    if (err == 0 && canceled)
+        err = -EIO;
+    if (err == 0)
+        p->bytes = p->alloc_bytes;
+    spool_prep_settle(p->sp, err);
+}
+
+
+/* spool_prep_zero_write - (re)issue step s's zero write */
+static void
+spool_prep_zero_write(struct spool_prep *p, struct spool_prep_step *s)
+{
+    ASSERT(s->len > 0);
+    ASSERT(s->len <= SPOOL_ZERO_BYTES);
+    io_uring_prep_write(loop_sqe(p->sp->lp, &s->op), p->fd, p->zeros,
+                        (unsigned)s->len, s->off);
+}
+
+
+/* spool_prep_zero_next - give step s the next chunk; 0 if none is left */
+static int
+spool_prep_zero_next(struct spool_prep *p, struct spool_prep_step *s)
+{
+    if (p->zero_next >= p->alloc_bytes)
+        return 0;
+    s->off = p->zero_next;
+    s->len = (size_t)MIN((uint64_t)SPOOL_ZERO_BYTES,
+                         p->alloc_bytes - p->zero_next);
+    p->zero_next += s->len;
+    spool_prep_zero_write(p, s);
+    return 1;
+}
+
+
+/* spool_prep_zero - write zeros over the new room, then sync */
+static void
+spool_prep_zero(struct spool *sp)
+{
+    struct spool_prep *p = sp->prep;
+    unsigned i;
+
+    /* Block 0 of a new segment is the SEGHDR block, written after. */
+    p->zero_next = p->grow ? p->bytes : SPOOL_DATA_OFF;
+    p->state = SPOOL_PREP_ZERO;
+    p->pending = 0;
+    p->steps_used = 0;
+    p->err = 0;
+    for (i = 0; i < SPOOL_ZERO_DEPTH; i++) {
+        if (!spool_prep_zero_next(p, &p->steps[i]))
+            break;
+        p->pending++;
+    }
+    if (p->pending == 0)
+        spool_prep_sync(sp);
+}
+
+
+/* spool_prep_zero_done - one zero write is in: go on, or end the phase */
+static void
+spool_prep_zero_done(struct spool_prep *p, struct spool_prep_step *s,
+                     int res)
+{
+    /* A write that moved nothing would be retried for ever. */
+    if (res == 0)
+        res = -EIO;
+    if (res < 0) {
+        if (p->err == 0)
+            p->err = res;
+    } else if (p->err == 0 && !p->discard) {
+        /* Short (a full tmpfs): the rest goes again, to get the errno. */
+        ASSERT((size_t)res <= s->len);
+        s->off += (uint64_t)res;
+        s->len -= (size_t)res;
+        if (s->len > 0) {
+            spool_prep_zero_write(p, s);
+            return;
+        }
+        if (spool_prep_zero_next(p, s))
+            return;
+    }
+    ASSERT(p->pending > 0);
+    if (--p->pending > 0)
+        return;
+    if (p->err != 0 || p->discard) {
+        spool_prep_settle(p->sp, p->err != 0 ? p->err : -ECANCELED);
+        return;
+    }
+    spool_prep_sync(p->sp);
+}
+
+
+/* spool_prep_step_done - one CQE of a prep step */
+static void
+spool_prep_step_done(struct op *op, int res, uint32_t cqe_flags)
+{
+    struct spool_prep_step *s = container_of(op, struct spool_prep_step, op);
+    struct spool_prep *p = s->p;
+
+    s->res = res;
+    switch (p->state) {
+    case SPOOL_PREP_ALLOC:
+        ASSERT(p->pending == 1);
+        p->pending = 0;
+        if (res < 0)
+            spool_prep_settle(p->sp, res);
+        else if (p->sp->direct)
+            spool_prep_zero(p->sp);
+        else
+            spool_prep_sync(p->sp);
+        break;
+    case SPOOL_PREP_ZERO:
+        spool_prep_zero_done(p, s, res);
+        break;
+    case SPOOL_PREP_SYNC:
+        ASSERT(p->pending > 0);
+        if (--p->pending == 0)
+            spool_prep_sync_done(p);
+        break;
+    default:
+        panic("spool: prep step completion in state %d", (int)p->state);
+    }
+}
+
+
+/* spool_prep_alloc - preallocate bytes; a new segment if !grow */
+static void
+spool_prep_alloc(struct spool *sp, uint64_t bytes, int grow)
+{
+    struct spool_prep *p = sp->prep;
+
+    ASSERT(p->fd >= 0);
+    ASSERT(bytes > SPOOL_DATA_OFF);
+    ASSERT(bytes % SPOOL_REC_BLOCK == 0);
+    ASSERT(!grow || bytes > p->bytes);
+    p->alloc_bytes = bytes;
+    p->grow = grow;
+    p->state = SPOOL_PREP_ALLOC;
+    p->steps_used = 1;
+    p->pending = 1;
+    io_uring_prep_fallocate(spool_prep_step(p, 0, 0), p->fd, 0, 0,
+                            (off_t)bytes);
+}
+
+
+/* spool_prep_open - create the file of the next segment */
+static void
+spool_prep_open(struct spool *sp)
+{
+    struct spool_prep *p = sp->prep;
+    int flags = O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC;
+
+    if (sp->direct)
+        flags |= O_DIRECT;
+    io_uring_prep_openat(loop_sqe(sp->lp, &p->open_op), sp->dir_fd, p->name,
+                         flags, 0640);
+    p->state = SPOOL_PREP_OPEN;
 }
 
 
@@ -529,12 +726,18 @@ spool_prep_open_done(struct op *op, int res, uint32_t cqe_flags)
     struct spool_prep *p = container_of(op, struct spool_prep, open_op);
 
     ASSERT(p->state == SPOOL_PREP_OPEN);
+    if (res == -EINVAL && p->sp->direct) {
+        /* O_EXCL made nothing: the same name again, buffered. */
+        spool_direct_refused(p->sp);
+        spool_prep_open(p->sp);
+        return;
+    }
     if (res < 0) {
         spool_prep_settle(p->sp, res);
         return;
     }
     p->fd = res;
-    spool_prep_alloc(p->sp, p->want_bytes, 1);
+    spool_prep_alloc(p->sp, p->want_bytes, 0);
 }
 
 
@@ -543,7 +746,6 @@ static void
 spool_prep_start(struct spool *sp, uint64_t want_bytes, int probe)
 {
     struct spool_prep *p = sp->prep;
-    struct io_uring_sqe *sqe;
 
     ASSERT(p->state == SPOOL_PREP_IDLE);
     ASSERT(p->fd < 0);
@@ -555,10 +757,7 @@ spool_prep_start(struct spool *sp, uint64_t want_bytes, int probe)
     p->discard = 0;
     p->err = 0;
     spool_seg_name(p->name, p->seq);
-    sqe = loop_sqe(sp->lp, &p->open_op);
-    io_uring_prep_openat(sqe, sp->dir_fd, p->name,
-                         O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
-    p->state = SPOOL_PREP_OPEN;
+    spool_prep_open(sp);
 }
 
 
@@ -577,7 +776,7 @@ spool_seg_switch(struct spool *sp)
     sp->seg_seq = p->seq;
     sp->seg_bytes = p->bytes;
     sp->seg_salt = p->salt;
-    sp->seg_off = SPOOL_SEGHDR_BYTES;
+    sp->seg_off = SPOOL_DATA_OFF;
     p->fd = -1;
     p->state = SPOOL_PREP_IDLE;
     p->err = 0;
@@ -646,6 +845,10 @@ spool_prep_settle(struct spool *sp, int err)
     if (err != 0) {
         memcpy(name, p->name, sizeof name);
         spool_prep_drop(sp);
+        if (p->boot) {
+            p->err = err;
+            return;
+        }
         if (discard || sp->closing)
             return;
         if (probe) {
@@ -673,7 +876,7 @@ spool_prep_settle(struct spool *sp, int err)
         return;
     }
     if (p->want_bytes > p->bytes)
-        spool_prep_alloc(sp, p->want_bytes, 0);
+        spool_prep_alloc(sp, p->want_bytes, 1);
 }
 
 
@@ -691,7 +894,7 @@ spool_batch_take(struct spool_batch *b)
     if (b->cap > SPOOL_BATCH_KEEP_BYTES) {
         free(b->buf);
         b->cap = SPOOL_BATCH_INIT_BYTES;
-        b->buf = xmalloc(b->cap);
+        b->buf = spool_block_alloc(b->cap);
     }
     return list;
 }
@@ -735,7 +938,8 @@ spool_batch_done(struct spool_batch *b)
     ASSERT(b->pending == 0);
     /*
      * The link breaks (fdatasync gets -ECANCELED) only when the write
-     * errs or comes back short, so both results are checked.
+     * errs or comes back short, so both results are checked. A direct
+     * write has no sync_res: its flush error comes back as write_res.
      */
     if (b->write_res < 0)
         err = b->write_res;
@@ -743,7 +947,7 @@ spool_batch_done(struct spool_batch *b)
         err = -EIO;
     else if (b->sync_res < 0)
         err = b->sync_res;
-    if (b->sync_res != -ECANCELED)
+    if (b->direct || b->sync_res != -ECANCELED)
         sp->fdatasyncs++;
     sp->inflight = NULL;
     if (err == 0) {
@@ -794,11 +998,19 @@ spool_batch_new(struct spool *sp)
 
     b->sp = sp;
     b->cap = SPOOL_BATCH_INIT_BYTES;
-    b->buf = xmalloc(b->cap);
+    b->buf = spool_block_alloc(b->cap);
     b->tail = &b->head;
     b->write_op.done = spool_batch_write_done;
     b->sync_op.done = spool_batch_sync_done;
     return b;
+}
+
+
+/* spool_batch_span - disk bytes of len record bytes from a block edge */
+static uint64_t
+spool_batch_span(uint64_t len)
+{
+    return len + spool_rec_pad_bytes(len);
 }
 
 
@@ -808,7 +1020,7 @@ spool_batch_add(struct spool_batch *b, struct spool_msg *m,
                 uint64_t meta_bytes, uint64_t need)
 {
     uint64_t payload_bytes = meta_bytes + m->body_bytes;
-    uint64_t msg_off = b->off + b->len, end_bytes, copied = 0;
+    uint64_t msg_off = b->off + b->len, end_bytes, copied = 0, span;
     size_t id_len = strlen(m->id);
     const char *peer = m->peer != NULL ? m->peer : "";
     unsigned char *rec, *p, *end_rec;
@@ -816,9 +1028,17 @@ spool_batch_add(struct spool_batch *b, struct spool_msg *m,
     uint32_t crc;
     unsigned i;
 
-    if (b->len + need > b->cap) {
-        b->cap = MAX(b->cap * 2, b->len + need);
-        b->buf = xrealloc(b->buf, b->cap);
+    /* Room for the PAD that ends the batch, too. */
+    span = spool_batch_span(b->len + need);
+    if (span > b->cap) {
+        unsigned char *buf;
+
+        /* No aligned realloc: copy. Only a big message gets here. */
+        b->cap = MAX(b->cap * 2, span);
+        buf = spool_block_alloc(b->cap);
+        memcpy(buf, b->buf, b->len);
+        free(b->buf);
+        b->buf = buf;
     }
     rec = b->buf + b->len;
     p = rec + SPOOL_REC_HDR_BYTES;
@@ -876,20 +1096,20 @@ spool_batch_target(struct spool *sp, struct spool_batch *b, uint64_t need)
 
     ASSERT(b->count == 0);
     ASSERT(sp->seg_fd >= 0);
-    if (sp->seg_off + need <= sp->seg_bytes) {
+    if (sp->seg_off + spool_batch_span(need) <= sp->seg_bytes) {
         b->to_next = 0;
         b->off = sp->seg_off;
         b->salt = sp->seg_salt;
         return;
     }
     /* The next segment, made bigger than usual if one message needs it. */
-    want = MAX(sp->segment_bytes, SPOOL_SEGHDR_BYTES + need);
+    want = MAX(sp->segment_bytes, SPOOL_DATA_OFF + spool_batch_span(need));
     if (p->state == SPOOL_PREP_IDLE)
         spool_prep_start(sp, want, 0);
     else
         p->want_bytes = MAX(p->want_bytes, want);
     b->to_next = 1;
-    b->off = SPOOL_SEGHDR_BYTES;
+    b->off = SPOOL_DATA_OFF;
     b->salt = p->salt;
 }
 
@@ -917,7 +1137,7 @@ spool_fill(struct spool *sp)
             spool_batch_target(sp, b, need);
         } else {
             limit = b->to_next ? sp->prep->want_bytes : sp->seg_bytes;
-            if (b->off + b->len + need > limit ||
+            if (b->off + spool_batch_span(b->len + need) > limit ||
                 b->len + need > SPOOL_BATCH_SOFT_BYTES)
                 break;
         }
@@ -930,13 +1150,14 @@ spool_fill(struct spool *sp)
 }
 
 
-/* spool_submit - write the filling batch, linked to its fdatasync */
+/* spool_submit - write the filling batch: RWF_DSYNC, or with fdatasync */
 static void
 spool_submit(struct spool *sp)
 {
     struct spool_batch *b = sp->fill;
     struct spool_prep *p = sp->prep;
     struct io_uring_sqe *sqe;
+    uint64_t pad;
 
     ASSERT(sp->inflight == NULL);
     if (b->count == 0)
@@ -947,27 +1168,49 @@ spool_submit(struct spool *sp)
             return;
         ASSERT(b->off + b->len <= p->want_bytes);
         if (p->bytes < p->want_bytes) {
-            spool_prep_alloc(sp, p->want_bytes, 0);
+            spool_prep_alloc(sp, p->want_bytes, 1);
             return;
         }
         ASSERT(b->salt == p->salt);
         spool_seg_switch(sp);
         b->to_next = 0;
     }
+    /* End on a block edge: the next batch never rewrites this one's. */
+    pad = spool_rec_pad_bytes(b->len);
+    ASSERT(b->len + pad <= b->cap);
+    if (pad > 0)
+        spool_rec_pad_encode(b->buf + b->len, pad, b->salt);
+    b->len += pad;
     ASSERT(sp->seg_fd >= 0);
     ASSERT(b->off == sp->seg_off);
     ASSERT(b->salt == sp->seg_salt);
     ASSERT(b->off + b->len <= sp->seg_bytes);
+    /* O_DIRECT takes whole aligned blocks only (-EINVAL otherwise). */
+    ASSERT(b->off % SPOOL_REC_BLOCK == 0);
+    ASSERT(b->len % SPOOL_REC_BLOCK == 0);
+    ASSERT((uintptr_t)b->buf % SPOOL_REC_BLOCK == 0);
     /* Messages are capped at 1 GiB, far below MAX_RW_COUNT. */
     ASSERT(b->len <= SPOOL_REC_PAYLOAD_MAX + SPOOL_BATCH_SOFT_BYTES);
 
+    b->direct = sp->direct;
     spool_sq_room(sp, 2);
     sqe = loop_sqe(sp->lp, &b->write_op);
     io_uring_prep_write(sqe, sp->seg_fd, b->buf, (unsigned)b->len, b->off);
-    sqe->flags |= IOSQE_IO_LINK;
-    sqe = loop_sqe(sp->lp, &b->sync_op);
-    io_uring_prep_fsync(sqe, sp->seg_fd, IORING_FSYNC_DATASYNC);
-    b->pending = 2;
+    if (b->direct) {
+        /*
+         * Durable at completion: the kernel flushes the device's volatile
+         * cache after the write (or writes with FUA where there is one).
+         * It is issued inline, where a linked fdatasync always takes an
+         * io-wq thread.
+         */
+        sqe->rw_flags = RWF_DSYNC;
+        b->pending = 1;
+    } else {
+        sqe->flags |= IOSQE_IO_LINK;
+        sqe = loop_sqe(sp->lp, &b->sync_op);
+        io_uring_prep_fsync(sqe, sp->seg_fd, IORING_FSYNC_DATASYNC);
+        b->pending = 2;
+    }
     b->write_res = 0;
     b->sync_res = 0;
     sp->seg_off += b->len;
@@ -1050,45 +1293,37 @@ spool_next_id(struct spool *sp, char id[SPOOL_ID_MAX])
 }
 
 
-/* spool_seg_create_sync - the first segment, with blocking syscalls */
+/* spool_seg_boot - make the first segment on a private ring, wait for it */
 static int
-spool_seg_create_sync(struct spool *sp)
+spool_seg_boot(struct spool *sp)
 {
-    unsigned char hdr[SPOOL_SEGHDR_BYTES];
-    char name[SPOOL_SEG_NAME_MAX];
-    uint64_t seq = ++sp->seg_seq_max;
-    uint32_t salt = (uint32_t)spool_rand(sp);
-    ssize_t n;
-    int fd, rc;
+    struct spool_prep *p = sp->prep;
+    struct loop *lp = sp->lp;
+    struct loop boot;
+    int rc;
 
-    spool_seg_name(name, seq);
-    fd = openat(sp->dir_fd, name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC,
-                0640);
-    if (fd < 0)
-        return -errno;
-    spool_seghdr_encode(hdr, sp->shard_id, salt, seq, sp->segment_bytes);
-    if (fallocate(fd, 0, 0, (off_t)sp->segment_bytes) < 0)
-        goto fail;
-    n = pwrite(fd, hdr, sizeof hdr, 0);
-    if (n < 0)
-        goto fail;
-    if (n != (ssize_t)sizeof hdr) {
-        errno = EIO;
-        goto fail;
+    /*
+     * The shard's ring may hold other owners' operations, whose
+     * completions must not run inside spool_open(): use one of our own.
+     */
+    rc = loop_init(&boot, 16, 64);
+    if (rc < 0)
+        return rc;
+    sp->lp = &boot;
+    p->boot = 1;
+    spool_prep_start(sp, sp->segment_bytes, 0);
+    while ((p->state != SPOOL_PREP_IDLE && p->state != SPOOL_PREP_READY) ||
+           sp->aux_pending > 0)
+        loop_run_once(&boot, 1000);
+    rc = p->err;
+    if (p->state == SPOOL_PREP_READY) {
+        ASSERT(rc == 0);
+        spool_seg_switch(sp);
     }
-    if (fsync(fd) < 0 || fsync(sp->dir_fd) < 0)
-        goto fail;
-    sp->seg_fd = fd;
-    sp->seg_seq = seq;
-    sp->seg_bytes = sp->segment_bytes;
-    sp->seg_salt = salt;
-    sp->seg_off = SPOOL_SEGHDR_BYTES;
-    return 0;
-
-fail:
-    rc = -errno;
-    close(fd);
-    (void)unlinkat(sp->dir_fd, name, 0);
+    ASSERT(rc < 0 || sp->seg_fd >= 0);
+    p->boot = 0;
+    sp->lp = lp;
+    loop_fini(&boot);
     return rc;
 }
 
@@ -1679,6 +1914,31 @@ spool_scan(const char *shard_dir, spool_recovered_fn *cb, void *arg,
 }
 
 
+/* spool_mem_free - release what spool_open() allocated */
+static void
+spool_mem_free(struct spool *sp)
+{
+    unsigned i;
+
+    for (i = 0; i < 2; i++) {
+        if (sp->batches[i] != NULL)
+            free(sp->batches[i]->buf);
+        free(sp->batches[i]);
+        sp->batches[i] = NULL;
+    }
+    if (sp->prep != NULL) {
+        if (sp->prep->zeros != NULL)
+            munmap((void *)sp->prep->zeros, SPOOL_ZERO_BYTES);
+        free(sp->prep->hdr);
+        free(sp->prep);
+    }
+    free(sp->dir);
+    sp->prep = NULL;
+    sp->fill = NULL;
+    sp->dir = NULL;
+}
+
+
 /* spool_open - recover shard_dir, then open a fresh segment */
 int
 spool_open(struct spool *sp, struct loop *lp, const char *shard_dir,
@@ -1687,6 +1947,7 @@ spool_open(struct spool *sp, struct loop *lp, const char *shard_dir,
 {
     uint64_t r = 0;
     unsigned i;
+    void *zeros;
     int rc;
 
     ASSERT(segment_bytes >= 4096);
@@ -1694,7 +1955,10 @@ spool_open(struct spool *sp, struct loop *lp, const char *shard_dir,
     sp->lp = lp;
     sp->dir = xstrdup(shard_dir);
     sp->shard_id = shard_id;
-    sp->segment_bytes = spool_rec_align(segment_bytes);
+    /* Whole blocks, and room for a batch after the SEGHDR block. */
+    sp->segment_bytes = MAX(segment_bytes + SPOOL_REC_BLOCK - 1,
+                            (uint64_t)2 * SPOOL_REC_BLOCK) &
+                        ~(uint64_t)(SPOOL_REC_BLOCK - 1);
     sp->dir_fd = -1;
     sp->seg_fd = -1;
     sp->queue_tail = &sp->queue_head;
@@ -1719,10 +1983,9 @@ spool_open(struct spool *sp, struct loop *lp, const char *shard_dir,
     sp->rand_state = r;
     sp->id_nonce = ((uint64_t)time(NULL) ^ spool_rand(sp)) &
                    0xffffffffffffull;
-    rc = spool_seg_create_sync(sp);
-    if (rc < 0)
-        goto fail;
-
+    sp->direct = 1;
+    if (spool_force_buffered)
+        spool_direct_refused(sp);
     sp->batches[0] = spool_batch_new(sp);
     sp->batches[1] = spool_batch_new(sp);
     sp->fill = sp->batches[0];
@@ -1734,14 +1997,30 @@ spool_open(struct spool *sp, struct loop *lp, const char *shard_dir,
         sp->prep->steps[i].p = sp->prep;
         sp->prep->steps[i].op.done = spool_prep_step_done;
     }
+    sp->prep->hdr = spool_block_alloc(SPOOL_DATA_OFF);
+    /* Untouched anonymous memory reads as zeros and costs no RSS. */
+    zeros = mmap(NULL, SPOOL_ZERO_BYTES, PROT_READ,
+                 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (zeros == MAP_FAILED) {
+        rc = -errno;
+        goto fail;
+    }
+    sp->prep->zeros = zeros;
+    rc = spool_seg_boot(sp);
+    /* Some file systems open O_DIRECT files but refuse their writes. */
+    if (rc == -EINVAL && sp->direct) {
+        spool_direct_refused(sp);
+        rc = spool_seg_boot(sp);
+    }
+    if (rc < 0)
+        goto fail;
     return 0;
 
 fail:
     if (sp->dir_fd >= 0)
         close(sp->dir_fd);
     sp->dir_fd = -1;
-    free(sp->dir);
-    sp->dir = NULL;
+    spool_mem_free(sp);
     return rc;
 }
 
@@ -1752,7 +2031,6 @@ spool_close(struct spool *sp)
 {
     struct spool_prep *p = sp->prep;
     struct io_uring_sqe *sqe;
-    unsigned i;
 
     ASSERT(spool_idle(sp));
     sp->closing = 1;
@@ -1773,16 +2051,7 @@ spool_close(struct spool *sp)
     if (sp->seg_fd >= 0)
         close(sp->seg_fd);
     close(sp->dir_fd);
-    for (i = 0; i < 2; i++) {
-        free(sp->batches[i]->buf);
-        free(sp->batches[i]);
-        sp->batches[i] = NULL;
-    }
-    free(p);
-    free(sp->dir);
-    sp->prep = NULL;
-    sp->fill = NULL;
-    sp->dir = NULL;
+    spool_mem_free(sp);
     sp->seg_fd = -1;
     sp->dir_fd = -1;
 }

@@ -3,7 +3,7 @@
  * spool, on a real ring and a real disk (a mkdtemp directory under /tmp,
  * which is ext4 here; tmpfs would make fdatasync free and hide ordering).
  *
- * The ENOSPC case mounts a 512 KiB tmpfs and is skipped when it cannot.
+ * The ENOSPC cases mount a 512 KiB tmpfs and are skipped when they cannot.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -17,6 +17,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/fiemap.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
@@ -309,11 +312,13 @@ fx_seg_path(const struct fixture *fx, const char *name, char *path,
 }
 
 
-/* log_contains - the paniclog has a line containing text */
-static int
-log_contains(const struct fixture *fx, const char *text)
+/* log_count - how many times text occurs in the paniclog */
+static unsigned
+log_count(const struct fixture *fx, const char *text)
 {
     char path[512], buf[16384];
+    const char *p;
+    unsigned count = 0;
     ssize_t n;
     int fd;
 
@@ -326,7 +331,90 @@ log_contains(const struct fixture *fx, const char *text)
     if (n <= 0)
         return 0;
     buf[n] = '\0';
-    return strstr(buf, text) != NULL;
+    for (p = buf; (p = strstr(p, text)) != NULL; p++)
+        count++;
+    return count;
+}
+
+
+/* log_contains - the paniclog has a line containing text */
+static int
+log_contains(const struct fixture *fx, const char *text)
+{
+    return log_count(fx, text) > 0;
+}
+
+
+/* seg_unwritten - bytes of a file in unwritten (preallocated) extents */
+static uint64_t
+seg_unwritten(const char *path)
+{
+    struct {
+        struct fiemap fm;
+        struct fiemap_extent ext[32];
+    } f;
+    uint64_t start = 0, bytes = 0;
+    unsigned i;
+    int fd, last = 0;
+
+    fd = open(path, O_RDONLY);
+    assert_true(fd >= 0);
+    while (!last) {
+        memset(&f, 0, sizeof f);
+        f.fm.fm_start = start;
+        f.fm.fm_length = FIEMAP_MAX_OFFSET - start;
+        f.fm.fm_flags = FIEMAP_FLAG_SYNC;
+        f.fm.fm_extent_count = ARRAY_SIZE(f.ext);
+        assert_int_equal(ioctl(fd, FS_IOC_FIEMAP, &f.fm), 0);
+        if (f.fm.fm_mapped_extents == 0)
+            break;
+        for (i = 0; i < f.fm.fm_mapped_extents; i++) {
+            struct fiemap_extent *e = &f.ext[i];
+
+            if (e->fe_flags & FIEMAP_EXTENT_UNWRITTEN)
+                bytes += e->fe_length;
+            if (e->fe_flags & FIEMAP_EXTENT_LAST)
+                last = 1;
+            start = e->fe_logical + e->fe_length;
+        }
+    }
+    close(fd);
+    return bytes;
+}
+
+
+/* fx_mount_tmpfs - the shard on a fresh 512 KiB tmpfs; 0 if none */
+static int
+fx_mount_tmpfs(struct fixture *fx)
+{
+    snprintf(fx->mnt, sizeof fx->mnt, "%s/mnt", fx->dir);
+    assert_int_equal(mkdir(fx->mnt, 0700), 0);
+    if (mount("none", fx->mnt, "tmpfs", 0, "size=512k") < 0)
+        return 0;
+    fx->mounted = 1;
+    snprintf(fx->shard, sizeof fx->shard, "%s/0", fx->mnt);
+    return 1;
+}
+
+
+/* fx_fill_tmpfs - leave keep_bytes free on the tmpfs; returns the filler */
+static void
+fx_fill_tmpfs(struct fixture *fx, uint64_t keep_bytes, char *filler,
+              size_t size)
+{
+    struct statvfs vfs;
+    uint64_t free_bytes;
+    int fd;
+
+    assert_int_equal(statvfs(fx->mnt, &vfs), 0);
+    free_bytes = (uint64_t)vfs.f_bavail * vfs.f_frsize;
+    assert_true(free_bytes > keep_bytes);
+    snprintf(filler, size, "%s/filler", fx->mnt);
+    fd = open(filler, O_WRONLY | O_CREAT, 0600);
+    assert_true(fd >= 0);
+    assert_int_equal(fallocate(fd, 0, 0, (off_t)(free_bytes - keep_bytes)),
+                     0);
+    close(fd);
 }
 
 
@@ -346,6 +434,38 @@ count_segments(const char *dir)
     }
     closedir(d);
     return n;
+}
+
+
+/* seg_read - the first len bytes of a segment of fx's shard */
+static unsigned char *
+seg_read(const char *dir, const char *name, size_t len)
+{
+    char path[512];
+    unsigned char *buf = xmalloc(len);
+    int fd;
+
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    fd = open(path, O_RDONLY);
+    assert_true(fd >= 0);
+    assert_int_equal(pread(fd, buf, len, 0), (ssize_t)len);
+    close(fd);
+    return buf;
+}
+
+
+/* seg_write - replace a segment file with len bytes of buf */
+static void
+seg_write(const char *dir, const char *name, const void *buf, size_t len)
+{
+    char path[512];
+    int fd;
+
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, buf, len), (ssize_t)len);
+    close(fd);
 }
 
 
@@ -385,6 +505,7 @@ teardown(void **state)
 {
     struct fixture *fx = *state;
 
+    spool_force_buffered = 0;
     if (fx->sp_open) {
         fx_run_until_idle(fx);
         spool_close(&fx->sp);
@@ -580,8 +701,10 @@ test_torn_msg_without_end(void **state)
 {
     struct fixture *fx = *state;
     struct test_msg *v[3];
+    const struct found_copy *last;
+    unsigned char *seg;
     char path[512], name[64];
-    uint64_t end_off;
+    uint64_t end_off, end_rec;
     size_t i;
 
     fx_open(fx, 1 << 20);
@@ -592,10 +715,19 @@ test_torn_msg_without_end(void **state)
              (unsigned long long)fx->sp.seg_seq);
     end_off = fx->sp.seg_off;
     fx_close(fx);
-    /* Drop the last END only: 24-byte header + 16 + 4 + id + NUL, padded. */
+    found_free(&fx->found);
+    assert_int_equal(spool_scan(fx->shard, found_collect, &fx->found, NULL),
+                     0);
+    last = found_get(&fx->found, v[2]->id);
+    assert_non_null(last);
+    /* Drop the last END only (and the PAD after it): cut where it starts. */
+    seg = seg_read(fx->shard, name, end_off);
+    end_rec = last->offset + spool_rec_size(spool_rec_get64(seg +
+                                                            last->offset + 8));
+    assert_int_equal(seg[end_rec + 4], SPOOL_REC_END);
+    free(seg);
     fx_seg_path(fx, name, path, sizeof path);
-    assert_int_equal(truncate(path, (off_t)(end_off - spool_rec_size(
-        SPOOL_END_FIXED_BYTES + spool_rec_str_size(strlen(v[2]->id))))), 0);
+    assert_int_equal(truncate(path, (off_t)end_rec), 0);
     fx_open(fx, 1 << 20);
     assert_int_equal(fx->found.n, 2);
     assert_null(found_get(&fx->found, v[2]->id));
@@ -701,38 +833,6 @@ test_corrupt_middle(void **state)
 }
 
 
-/* seg_read - the first len bytes of a segment of fx's shard */
-static unsigned char *
-seg_read(const char *dir, const char *name, size_t len)
-{
-    char path[512];
-    unsigned char *buf = xmalloc(len);
-    int fd;
-
-    snprintf(path, sizeof path, "%s/%s", dir, name);
-    fd = open(path, O_RDONLY);
-    assert_true(fd >= 0);
-    assert_int_equal(pread(fd, buf, len, 0), (ssize_t)len);
-    close(fd);
-    return buf;
-}
-
-
-/* seg_write - replace a segment file with len bytes of buf */
-static void
-seg_write(const char *dir, const char *name, const void *buf, size_t len)
-{
-    char path[512];
-    int fd;
-
-    snprintf(path, sizeof path, "%s/%s", dir, name);
-    fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    assert_true(fd >= 0);
-    assert_int_equal(write(fd, buf, len), (ssize_t)len);
-    close(fd);
-}
-
-
 /* commit_three - commit three messages, close; returns segment and end */
 static void
 commit_three(struct fixture *fx, struct test_msg **v, size_t body_len,
@@ -796,14 +896,25 @@ test_zero_hole_in_middle(void **state)
 {
     struct fixture *fx = *state;
     struct test_msg *v[3];
+    const struct found_copy *mid, *last;
     char name[64];
     unsigned char *seg;
-    uint64_t end_off;
+    uint64_t end_off, hole;
 
     /* A lost page in the middle: zeros, then valid records. */
     commit_three(fx, v, 6000, name, &end_off);
+    found_free(&fx->found);
+    assert_int_equal(spool_scan(fx->shard, found_collect, &fx->found, NULL),
+                     0);
+    mid = found_get(&fx->found, v[1]->id);
+    last = found_get(&fx->found, v[2]->id);
+    assert_non_null(mid);
+    assert_non_null(last);
+    /* The first whole page inside the second message. */
+    hole = (mid->offset + 4095) / 4096 * 4096;
+    assert_true(hole + 4096 <= last->offset);
     seg = seg_read(fx->shard, name, end_off);
-    memset(seg + 8192, 0, 4096);
+    memset(seg + hole, 0, 4096);
     seg_write(fx->shard, name, seg, end_off);
     free(seg);
     fx_open(fx, 1 << 20);
@@ -951,6 +1062,192 @@ test_forged_record_in_body(void **state)
 
 
 static void
+test_padded_batches(void **state)
+{
+    struct fixture *fx = *state;
+    enum { N = 8 };
+    struct test_msg *v[N];
+    char path[512], name[64];
+    size_t i;
+
+    /* ext4 takes O_DIRECT: one small message per batch, one block each. */
+    fx_open(fx, 1 << 20);
+    assert_int_equal(fx->sp.direct, 1);
+    assert_int_equal(fx->sp.seg_off, SPOOL_REC_BLOCK);
+    for (i = 0; i < N; i++) {
+        v[i] = test_msg_make(fx, (unsigned)i, 100);
+        fx_commit_all(fx, v + i, 1, 1);
+        assert_int_equal(v[i]->res, 0);
+        assert_int_equal(fx->sp.seg_off, (i + 2) * SPOOL_REC_BLOCK);
+    }
+    /* A durable write per batch, and no other sync. */
+    assert_int_equal(fx->sp.fdatasyncs, N);
+    assert_int_equal(fx->sp.batches_done, N);
+    assert_int_equal(fx->sp.bytes_written, N * SPOOL_REC_BLOCK);
+    /* Zeroed when made: no commit writes into an unwritten extent. */
+    snprintf(name, sizeof name, "seg-%016llx.log",
+             (unsigned long long)fx->sp.seg_seq);
+    fx_seg_path(fx, name, path, sizeof path);
+    assert_int_equal(seg_unwritten(path), 0);
+    fx_close(fx);
+
+    fx_open(fx, 1 << 20);
+    assert_int_equal(fx->found.n, N);
+    for (i = 0; i < N; i++) {
+        check_found(&fx->found, v[i]);
+        /* Each batch, so each MSG here, starts a block: after the PAD. */
+        assert_int_equal(fx->found.v[i].offset, (i + 1) * SPOOL_REC_BLOCK);
+    }
+    assert_int_equal(fx->sp.recovered.torn, 0);
+    assert_int_equal(fx->sp.recovered.corrupt, 0);
+    test_msgs_free(v, N);
+}
+
+
+/* torn_batch - 3 one-block batches, then lose the last block of a fourth */
+static void
+torn_batch(struct fixture *fx, int cut)
+{
+    static const char zeros[SPOOL_REC_BLOCK];
+    struct test_msg *v[4];
+    char path[512], name[64];
+    uint64_t start, end_off;
+    size_t i;
+    int fd;
+
+    fx_open(fx, 1 << 20);
+    for (i = 0; i < 3; i++) {
+        v[i] = test_msg_make(fx, (unsigned)i, 200);
+        fx_commit_all(fx, v + i, 1, 1);
+    }
+    start = fx->sp.seg_off;
+    v[3] = test_msg_make(fx, 3, 9000);
+    fx_commit_all(fx, v + 3, 1, 1);
+    end_off = fx->sp.seg_off;
+    assert_int_equal(end_off - start, 3 * SPOOL_REC_BLOCK);
+    snprintf(name, sizeof name, "seg-%016llx.log",
+             (unsigned long long)fx->sp.seg_seq);
+    fx_close(fx);
+    /* The write of the last batch reached the disk but for one block. */
+    fx_seg_path(fx, name, path, sizeof path);
+    if (cut) {
+        assert_int_equal(truncate(path, (off_t)(end_off - SPOOL_REC_BLOCK)),
+                         0);
+    } else {
+        fd = open(path, O_WRONLY);
+        assert_true(fd >= 0);
+        assert_int_equal(pwrite(fd, zeros, sizeof zeros,
+                                (off_t)(end_off - SPOOL_REC_BLOCK)),
+                         (ssize_t)sizeof zeros);
+        close(fd);
+    }
+
+    fx_open(fx, 1 << 20);
+    assert_int_equal(fx->found.n, 3);
+    for (i = 0; i < 3; i++)
+        check_found(&fx->found, v[i]);
+    assert_null(found_get(&fx->found, v[3]->id));
+    assert_int_equal(fx->sp.recovered.torn, 1);
+    assert_int_equal(fx->sp.recovered.corrupt, 0);
+    test_msgs_free(v, 4);
+}
+
+
+static void
+test_torn_batch_zeroed(void **state)
+{
+    torn_batch(*state, 0);
+}
+
+
+static void
+test_torn_batch_cut(void **state)
+{
+    torn_batch(*state, 1);
+}
+
+
+static void
+test_buffered_fallback(void **state)
+{
+    struct fixture *fx = *state;
+    enum { N = 150 };
+    struct test_msg **v = xcalloc(N, sizeof *v);
+    size_t i;
+
+    /* As on a file system that refuses O_DIRECT: the spool says so once. */
+    spool_force_buffered = 1;
+    fx_open(fx, 64 << 10);
+    spool_force_buffered = 0;
+    assert_int_equal(fx->sp.direct, 0);
+    assert_int_equal(log_count(fx, "refuses O_DIRECT"), 1);
+    /* Segments made on the ring (buffered too), batches linked to syncs. */
+    for (i = 0; i < N; i++)
+        v[i] = test_msg_make(fx, (unsigned)i, 1500 + (i % 5) * 200);
+    fx_commit_all(fx, v, N, 10);
+    for (i = 0; i < N; i++)
+        assert_int_equal(v[i]->res, 0);
+    assert_int_equal(fx->sp.commits, N);
+    assert_int_equal(fx->sp.fdatasyncs, fx->sp.batches_done);
+    assert_true(fx->sp.fdatasyncs < N / 4);
+    assert_int_equal(fx->sp.seg_off % SPOOL_REC_BLOCK, 0);
+    assert_int_equal(fx->sp.direct, 0);
+    fx_close(fx);
+    assert_true(count_segments(fx->shard) >= 3);
+    assert_int_equal(log_count(fx, "refuses O_DIRECT"), 1);
+
+    /* Same layout: a direct spool recovers what a buffered one wrote. */
+    fx_open(fx, 64 << 10);
+    assert_int_equal(fx->sp.direct, 1);
+    assert_int_equal(fx->found.n, N);
+    for (i = 0; i < N; i++)
+        check_found(&fx->found, v[i]);
+    assert_int_equal(fx->sp.recovered.torn, 0);
+    assert_int_equal(fx->sp.recovered.corrupt, 0);
+    test_msgs_free(v, N);
+    free(v);
+}
+
+
+static void
+test_old_format_segment(void **state)
+{
+    struct fixture *fx = *state;
+    enum { N = 3 };
+    unsigned char *seg = xcalloc(1, 64 << 10);
+    const char *ids[N] = { "old-1", "old-2", "old-3" };
+    char name[64];
+    uint64_t off;
+    size_t i;
+
+    /* Before PAD: SEGHDR, then records end to end, zeros after. */
+    fx_open(fx, 1 << 20);
+    fx_close(fx);
+    off = 56;
+    for (i = 0; i < N; i++)
+        off += forge(seg + off, off, 0x5eed, ids[i]);
+    spool_rec_put32(seg + 24, 0);
+    spool_rec_put32(seg + 28, 0x5eed);
+    spool_rec_put64(seg + 32, 0x100);
+    spool_rec_put64(seg + 40, 1700000000);
+    spool_rec_put64(seg + 48, 64 << 10);
+    spool_rec_hdr_put(seg, SPOOL_REC_SEGHDR, 32, crc32c(0, seg + 24, 32), 0);
+    snprintf(name, sizeof name, "seg-%016x.log", 0x100);
+    seg_write(fx->shard, name, seg, 64 << 10);
+    free(seg);
+
+    fx_open(fx, 1 << 20);
+    assert_int_equal(fx->found.n, N);
+    for (i = 0; i < N; i++) {
+        assert_string_equal(fx->found.v[i].id, ids[i]);
+        assert_int_equal(fx->found.v[i].offset % SPOOL_REC_ALIGN, 0);
+    }
+    assert_int_equal(fx->sp.recovered.torn, 0);
+    assert_int_equal(fx->sp.recovered.corrupt, 0);
+}
+
+
+static void
 test_random_damage(void **state)
 {
     struct fixture *fx = *state;
@@ -1012,18 +1309,25 @@ test_random_damage(void **state)
 static void
 append_mark(struct fixture *fx, const char *id, uint32_t rcpt)
 {
-    unsigned char rec[128];
+    unsigned char *blk;
     size_t n;
 
+    /* As a batch would: one whole, aligned block (the fd is O_DIRECT). */
     assert_true(spool_idle(&fx->sp));
-    n = spool_rec_mark_encode(rec, sizeof rec, SPOOL_REC_DONE, id, rcpt,
+    assert_int_equal(fx->sp.seg_off % SPOOL_REC_BLOCK, 0);
+    assert_int_equal(posix_memalign((void **)&blk, SPOOL_REC_BLOCK,
+                                    SPOOL_REC_BLOCK), 0);
+    n = spool_rec_mark_encode(blk, 128, SPOOL_REC_DONE, id, rcpt,
                               fx->sp.seg_salt);
     assert_true(n > 0);
     assert_int_equal(n % SPOOL_REC_ALIGN, 0);
-    assert_int_equal(pwrite(fx->sp.seg_fd, rec, n, (off_t)fx->sp.seg_off),
-                     (ssize_t)n);
+    assert_int_equal(spool_rec_pad_bytes(n), SPOOL_REC_BLOCK - n);
+    spool_rec_pad_encode(blk + n, SPOOL_REC_BLOCK - n, fx->sp.seg_salt);
+    assert_int_equal(pwrite(fx->sp.seg_fd, blk, SPOOL_REC_BLOCK,
+                            (off_t)fx->sp.seg_off), SPOOL_REC_BLOCK);
     assert_int_equal(fdatasync(fx->sp.seg_fd), 0);
-    fx->sp.seg_off += n;
+    fx->sp.seg_off += SPOOL_REC_BLOCK;
+    free(blk);
 }
 
 
@@ -1096,7 +1400,49 @@ test_big_message(void **state)
                 sizeof path);
     assert_int_equal(stat(path, &sb), 0);
     assert_true(sb.st_size > 3 << 20);
+    /* Zeroed in several writes of 1 MiB. */
+    assert_int_equal(seg_unwritten(path), 0);
     test_msgs_free(v, 3);
+}
+
+
+static void
+test_big_message_grows_next(void **state)
+{
+    struct fixture *fx = *state;
+    struct test_msg *v[16];
+    const struct found_copy *big;
+    char path[512];
+    struct stat sb;
+    size_t i, n = 0;
+
+    /* Past half full the next segment is made ahead, at the usual size. */
+    fx_open(fx, 64 << 10);
+    while (fx->sp.seg_off <= (32 << 10)) {
+        assert_true(n < ARRAY_SIZE(v) - 1);
+        v[n] = test_msg_make(fx, (unsigned)n, 2000);
+        fx_commit_all(fx, v + n, 1, 1);
+        n++;
+    }
+    assert_int_equal(fx->sp.seg_seq, 1);
+    /* A message it cannot hold: the made segment grows, zeroed too. */
+    v[n] = test_msg_make(fx, (unsigned)n, 200 << 10);
+    fx_commit_all(fx, v + n, 1, 1);
+    assert_int_equal(v[n]->res, 0);
+    assert_int_equal(fx->sp.seg_seq, 2);
+    fx_close(fx);
+
+    fx_open(fx, 64 << 10);
+    assert_int_equal(fx->found.n, n + 1);
+    for (i = 0; i <= n; i++)
+        check_found(&fx->found, v[i]);
+    big = found_get(&fx->found, v[n]->id);
+    assert_int_equal(big->offset, SPOOL_REC_BLOCK);
+    fx_seg_path(fx, big->segment, path, sizeof path);
+    assert_int_equal(stat(path, &sb), 0);
+    assert_true(sb.st_size > 200 << 10);
+    assert_int_equal(seg_unwritten(path), 0);
+    test_msgs_free(v, n + 1);
 }
 
 
@@ -1106,6 +1452,7 @@ test_segment_roll(void **state)
     struct fixture *fx = *state;
     enum { N = 400 };
     struct test_msg **v = xcalloc(N, sizeof *v);
+    char path[512], name[64];
     size_t i;
 
     fx_open(fx, 64 << 10);
@@ -1117,6 +1464,11 @@ test_segment_roll(void **state)
     /* Batches overlap the queue: far fewer syncs than messages. */
     assert_true(fx->sp.fdatasyncs < N / 4);
     assert_int_equal(fx->sp.commits, N);
+    /* Segments made on the ring are zeroed as well. */
+    snprintf(name, sizeof name, "seg-%016llx.log",
+             (unsigned long long)fx->sp.seg_seq);
+    fx_seg_path(fx, name, path, sizeof path);
+    assert_int_equal(seg_unwritten(path), 0);
     fx_close(fx);
     assert_true(count_segments(fx->shard) >= 8);
 
@@ -1194,28 +1546,13 @@ test_enospc(void **state)
     enum { N = 60 };
     struct test_msg *v[N];
     char filler[512];
-    struct statvfs vfs;
-    uint64_t free_bytes;
     size_t i, ok = 0, nospc = 0;
-    int fd;
 
-    snprintf(fx->mnt, sizeof fx->mnt, "%s/mnt", fx->dir);
-    assert_int_equal(mkdir(fx->mnt, 0700), 0);
-    if (mount("none", fx->mnt, "tmpfs", 0, "size=512k") < 0)
+    if (!fx_mount_tmpfs(fx))
         skip();
-    fx->mounted = 1;
-    snprintf(fx->shard, sizeof fx->shard, "%s/0", fx->mnt);
     fx_open(fx, 128 << 10);
-
     /* Leave less than one segment free. */
-    assert_int_equal(statvfs(fx->mnt, &vfs), 0);
-    free_bytes = (uint64_t)vfs.f_bavail * vfs.f_frsize;
-    snprintf(filler, sizeof filler, "%s/filler", fx->mnt);
-    fd = open(filler, O_WRONLY | O_CREAT, 0600);
-    assert_true(fd >= 0);
-    assert_int_equal(fallocate(fd, 0, 0, (off_t)(free_bytes - (64 << 10))),
-                     0);
-    close(fd);
+    fx_fill_tmpfs(fx, 64 << 10, filler, sizeof filler);
 
     memset(v, 0, sizeof v);
     for (i = 0; i < N; i++) {
@@ -1250,6 +1587,28 @@ test_enospc(void **state)
     check_found(&fx->found, v[N - 1]);
     fx_close(fx);
     test_msgs_free(v, N);
+}
+
+
+static void
+test_enospc_at_open(void **state)
+{
+    struct fixture *fx = *state;
+    char filler[512];
+
+    /* No room for the first segment: spool_open() says so, leaves none. */
+    if (!fx_mount_tmpfs(fx))
+        skip();
+    assert_int_equal(mkdir(fx->shard, 0750), 0);
+    fx_fill_tmpfs(fx, 64 << 10, filler, sizeof filler);
+    found_free(&fx->found);
+    assert_int_equal(spool_open(&fx->sp, &fx->lp, fx->shard, 0, 128 << 10,
+                                found_collect, &fx->found), -ENOSPC);
+    assert_int_equal(count_segments(fx->shard), 0);
+    assert_int_equal(unlink(filler), 0);
+    fx_open(fx, 128 << 10);
+    assert_int_equal(count_segments(fx->shard), 1);
+    fx_close(fx);
 }
 
 
@@ -1320,10 +1679,24 @@ main(void)
         cmocka_unit_test_setup_teardown(test_random_damage, setup, teardown),
         cmocka_unit_test_setup_teardown(test_done_record, setup, teardown),
         cmocka_unit_test_setup_teardown(test_big_message, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_big_message_grows_next, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_segment_roll, setup, teardown),
         cmocka_unit_test_setup_teardown(test_write_failure, setup, teardown),
         cmocka_unit_test_setup_teardown(test_enospc, setup, teardown),
         cmocka_unit_test_setup_teardown(test_scan_counts, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_padded_batches, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_torn_batch_zeroed, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_torn_batch_cut, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_buffered_fallback, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_old_format_segment, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_enospc_at_open, setup,
+                                        teardown),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
