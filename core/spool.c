@@ -1881,8 +1881,22 @@ spool_scan_run(int dir_fd, unsigned shard_id, int repair,
 
 fail:
     for (i = 0; i < sc.seg_count; i++) {
-        if (sc.segs[i].map != NULL)
-            munmap((void *)sc.segs[i].map, sc.segs[i].size);
+        int fd;
+
+        if (sc.segs[i].map == NULL)
+            continue;
+        munmap((void *)sc.segs[i].map, sc.segs[i].size);
+        if (repair)
+            continue;
+        /*
+         * A tool read a running daemon's segments: drop the pages, or the
+         * daemon's O_DIRECT writes to its live one go through io-wq.
+         */
+        fd = openat(dir_fd, sc.segs[i].name, O_RDONLY | O_CLOEXEC);
+        if (fd >= 0) {
+            (void)posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+            close(fd);
+        }
     }
     for (i = 0; i < sc.msg_count; i++)
         free(sc.msgs[i].done);

@@ -74,7 +74,8 @@
  *   tests): it reports each committed live message and counts torn and
  *   corrupt records, changing nothing on disk (spool_open() also moves
  *   corrupt records aside and deletes segments holding nothing but their
- *   header).
+ *   header). It drops the cached pages of the segments it read, so a
+ *   running daemon's commits to its live one stay off io-wq.
  * OWNERSHIP
  *   struct spool_msg and everything it points at belong to the caller (the
  *   session's transaction arena) and must stay valid until m->done runs.

@@ -14,8 +14,10 @@
  *
  *   then on stderr `N messages, N segments, N torn, N corrupt`. It reads
  *   with spool_scan() only, so it is safe on a running daemon's spool and
- *   changes nothing; it does not move corrupt records aside (the daemon
- *   does that when it starts).
+ *   changes nothing on disk; it does not move corrupt records aside (the
+ *   daemon does that when it starts). spool_scan() drops the page cache
+ *   of what it read, since cached pages of the daemon's live segment
+ *   would push its O_DIRECT commits to io-wq threads.
  *
  *   JSON strings carry valid UTF-8 as it is; a byte that is not part of
  *   valid UTF-8 comes out as \u00XX (its Latin-1 reading), so the output
