@@ -213,6 +213,7 @@ struct ringload_conn {
     struct iovec iov[2];
     struct iovec next_iov[2];
     unsigned next_queued : 1;
+    unsigned send_overflow : 1;   /* a third send was asked for: close */
 
     char *head;                   /* this conn's copy of msg.head */
 

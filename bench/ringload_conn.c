@@ -313,9 +313,12 @@ conn_send(struct ringload_conn *c, const void *a, size_t alen,
     struct iovec *iov = c->send_busy ? c->next_iov : c->iov;
 
     if (c->send_busy && c->next_queued) {
-        /* The dialogue never has three writes outstanding. */
-        c->rl->st.protocol_errors++;
-        conn_fail(c);
+        /*
+         * The dialogue never has three writes outstanding unless the
+         * server answers what it has not read yet. The caller goes on
+         * with its reply; conn_line() closes the conn after it.
+         */
+        c->send_overflow = 1;
         return;
     }
     iov[0].iov_base = (void *)(uintptr_t)a;
@@ -712,6 +715,10 @@ conn_line(struct ringload_conn *c)
         return;                  /* continuation: only the last one counts */
     conn_touch(c);
     conn_reply(c, code);
+    if (c->send_overflow && !c->closing) {
+        c->rl->st.protocol_errors++;
+        conn_fail(c);
+    }
 }
 
 
@@ -891,6 +898,7 @@ conn_connect(struct ringload_conn *c)
     c->close_failed = 0;
     c->got_quit_reply = 0;
     c->next_queued = 0;
+    c->send_overflow = 0;
     c->txn_active = 0;
     c->state = RINGLOAD_CONN_CONNECTING;
 
@@ -950,6 +958,10 @@ ringload_conn_resume(struct ringload_conn *c)
     ASSERT(c->state == RINGLOAD_CONN_RATEWAIT);
     conn_touch(c);
     conn_next(c);
+    if (c->send_overflow && !c->closing) {
+        c->rl->st.protocol_errors++;
+        conn_fail(c);
+    }
 }
 
 
