@@ -43,10 +43,10 @@
  *   reads the segment it appends to (cached pages would push its O_DIRECT
  *   writes to io-wq).
  *
- *   When the file system refuses O_DIRECT (open fails with EINVAL) the
- *   spool says so once in the paniclog and commits the same padded
- *   batches as buffered writes, each linked to an fdatasync, into
- *   segments that are preallocated but not zeroed.
+ *   When the file system refuses O_DIRECT (opening, or writing the first
+ *   segment, fails with EINVAL) the spool says so once in the paniclog and
+ *   commits the same padded batches as buffered writes, each linked to an
+ *   fdatasync, into segments that are preallocated but not zeroed.
  *
  *   The next segment is made on the ring while the current one still has
  *   room: open, fallocate, zero it with O_DIRECT writes (about 40 ms for
