@@ -12,6 +12,11 @@
  *   duplicates; --tokens FILE lists the tokens that got a 2xx after
  *   their dot.
  *
+ *   With -P and a server that offers PIPELINING, MAIL, the RCPTs and DATA
+ *   go in one write, and the last message of a connection carries QUIT
+ *   behind its dot (RFC 2920). Like smtp-source, sockets linger 0, so a
+ *   close sends RST and leaves no TIME_WAIT (--graceful-close: FIN).
+ *
  *   The latency of a message is the time from sending its dot to reading
  *   the reply to it, kept in a log-linear histogram (ringhist.h).
  *   Each second a progress line goes to stderr; at the end a text summary
