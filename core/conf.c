@@ -20,6 +20,14 @@
  * Defaults are applied after a scope's body, for each of its options that
  * the file did not set, by running the option's setter on its default text,
  * so a default obeys the same range as a written value.
+ *
+ * Delivery options (rows with a CONF_OPT_* bit) land in a struct
+ * conf_domain: in the global scope conf->domain_default, in a Domain scope
+ * its own entry, in a Binding scope binding->overrides; the scope row says
+ * where. Domain and Binding scopes get no defaults: after the whole file,
+ * conf_domains_finish() copies into each Domain what it did not write from
+ * the global scope, so a lookup only reads fields; a Binding keeps just
+ * what it wrote, for conf_binding_gateway() and friends.
  */
 #include "conf.h"
 
@@ -46,7 +54,13 @@ enum conf_scope_bit {
     CONF_SCOPE_GLOBAL = 1u << 0,
     CONF_SCOPE_ESMTP_LISTENER = 1u << 1,
     CONF_SCOPE_LISTEN = 1u << 2,
+    CONF_SCOPE_DOMAIN = 1u << 3,
+    CONF_SCOPE_BINDING = 1u << 4,
 };
+
+#define CONF_NAMESERVERS_MAX 16
+#define CONF_PORT_SMTP 25
+#define CONF_PORT_DNS 53
 
 enum conf_instance {
     CONF_INSTANCE_NONE,
@@ -80,6 +94,8 @@ struct conf_directive {
     uint64_t min;                /* range, in the stored unit */
     uint64_t max;
     const char *def;             /* default in config syntax, or NULL */
+    unsigned opt;                /* CONF_OPT_*: offset is into the scope's
+                                  * struct conf_domain; 0: into its struct */
 };
 
 struct conf_scope {
@@ -90,62 +106,108 @@ struct conf_scope {
     const char *example;         /* shown when the instance is missing */
     conf_enter_fn *enter;
     conf_leave_fn *leave;        /* or NULL */
+    size_t domain_offset;        /* of the struct conf_domain that CONF_OPT_*
+                                  * options fill, in the struct enter gives */
+    int inherits;                /* no defaults: unset options inherit */
 };
 
 static conf_set_fn conf_set_path, conf_set_hostname, conf_set_uint,
-    conf_set_auto_uint, conf_set_size, conf_set_duration, conf_set_cidrs;
-static conf_enter_fn conf_esmtp_listener_enter, conf_listen_enter;
+    conf_set_auto_uint, conf_set_size, conf_set_duration, conf_set_cidrs,
+    conf_set_gateway, conf_set_throttle, conf_set_retries,
+    conf_set_nameservers, conf_set_address, conf_set_mailbox;
+static conf_enter_fn conf_esmtp_listener_enter, conf_listen_enter,
+    conf_domain_enter, conf_binding_enter;
 static conf_leave_fn conf_esmtp_listener_leave;
 
 #define GLOBAL CONF_SCOPE_GLOBAL
 #define LISTENER CONF_SCOPE_ESMTP_LISTENER
+#define DOMAIN CONF_SCOPE_DOMAIN
+#define BINDING CONF_SCOPE_BINDING
 #define C(field) offsetof(struct conf, field)
 #define L(field) offsetof(struct conf_esmtp_listener, field)
+#define D(field) offsetof(struct conf_domain, field)
+#define B(field) offsetof(struct conf_binding, field)
 
 static const struct conf_directive conf_directives[] = {
     { "Spool_Base", GLOBAL, conf_set_path, C(spool_base), 0, 0, 0,
-      "spool" },
-    { "Shards", GLOBAL, conf_set_auto_uint, C(shards), 0, 1, 256, "auto" },
+      "spool", 0 },
+    { "Shards", GLOBAL, conf_set_auto_uint, C(shards), 0, 1, 256, "auto",
+      0 },
     { "Hostname", GLOBAL, conf_set_hostname, C(hostname), 0, 1, 255,
-      NULL },
+      NULL, 0 },
     { "Paniclog", GLOBAL, conf_set_path, C(paniclog), 0, 0, 0,
-      "log/paniclog" },
+      "log/paniclog", 0 },
     { "Delivery_Log", GLOBAL, conf_set_path, C(delivery_log), 0, 0, 0,
-      "log/delivery.log" },
+      "log/delivery.log", 0 },
     { "Max_Message_Size", GLOBAL, conf_set_size, C(max_message_size), 0,
-      1 * KIB, 2 * GIB, "20M" },
+      1 * KIB, 2 * GIB, "20M", 0 },
     { "Max_Recipients_Per_Message", GLOBAL, conf_set_uint,
-      C(max_recipients), 0, 1, 100000, "100" },
+      C(max_recipients), 0, 1, 100000, "100", 0 },
     { "Max_Connections", GLOBAL, conf_set_uint, C(max_connections), 0,
-      1, 1000000, "10000" },
+      1, 1000000, "10000", 0 },
     { "Max_Connections_Per_IP", GLOBAL, conf_set_uint,
-      C(max_connections_per_ip), 0, 0, 1000000, "0" },
+      C(max_connections_per_ip), 0, 0, 1000000, "0", 0 },
     { "Idle_Timeout", GLOBAL, conf_set_duration, C(idle_timeout_ms), 0,
-      1 * SEC, 1 * DAY, "300s" },
+      1 * SEC, 1 * DAY, "300s", 0 },
     { "Data_Timeout", GLOBAL, conf_set_duration, C(data_timeout_ms), 0,
-      1 * SEC, 1 * DAY, "180s" },
+      1 * SEC, 1 * DAY, "180s", 0 },
     { "Shutdown_Timeout", GLOBAL, conf_set_duration,
-      C(shutdown_timeout_ms), 0, 0, 1 * HOUR, "30s" },
+      C(shutdown_timeout_ms), 0, 0, 1 * HOUR, "30s", 0 },
     { "Spool_Segment_Size", GLOBAL, conf_set_size, C(spool_segment_size),
-      0, 1 * MIB, 1 * GIB, "64M" },
+      0, 1 * MIB, 1 * GIB, "64M", 0 },
     { "Relay_Hosts", LISTENER, conf_set_cidrs, L(relay_hosts),
-      L(relay_host_count), 0, 4096, "( \"127.0.0.0/8\" \"::1\" )" },
+      L(relay_host_count), 0, 4096, "( \"127.0.0.0/8\" \"::1\" )", 0 },
+    { "MailerDaemon", GLOBAL, conf_set_mailbox, C(mailer_daemon), 0,
+      3, 320, NULL, 0 },
+    { "Nameservers", GLOBAL, conf_set_nameservers, C(nameservers),
+      C(nameserver_count), 0, CONF_NAMESERVERS_MAX, NULL, 0 },
+    { "Gateway", GLOBAL | DOMAIN | BINDING, conf_set_gateway, D(gateway),
+      0, 0, 0, NULL, CONF_OPT_GATEWAY },
+    { "Outbound_SMTP_Port", GLOBAL | DOMAIN, conf_set_uint,
+      D(outbound_smtp_port), 0, 1, 65535, "25",
+      CONF_OPT_OUTBOUND_SMTP_PORT },
+    { "Retry_Interval", GLOBAL | DOMAIN, conf_set_duration,
+      D(retry_interval_ms), 0, 1 * SEC, 1 * DAY, "20m",
+      CONF_OPT_RETRY_INTERVAL },
+    { "Max_Retries", GLOBAL | DOMAIN, conf_set_retries, D(max_retries), 0,
+      0, 10000, "auto", CONF_OPT_MAX_RETRIES },
+    { "Message_Expiration", GLOBAL | DOMAIN, conf_set_duration,
+      D(message_expiration_ms), 0, 1 * SEC, 30 * DAY, "1d",
+      CONF_OPT_MESSAGE_EXPIRATION },
+    { "Max_Outbound_Connections", GLOBAL | DOMAIN | BINDING, conf_set_uint,
+      D(max_outbound_connections), 0, 1, 100000, "32",
+      CONF_OPT_MAX_OUTBOUND_CONNECTIONS },
+    { "Outbound_Throttle_Messages", GLOBAL | DOMAIN | BINDING,
+      conf_set_throttle, D(outbound_throttle_messages), 0, 0, 1000000, "0",
+      CONF_OPT_OUTBOUND_THROTTLE_MESSAGES },
+    { "Bind_Address", BINDING, conf_set_address, B(bind_address),
+      B(bind_address_len), 0, 0, NULL, 0 },
+    { "EHLO_Hostname", BINDING, conf_set_hostname, B(ehlo_hostname), 0,
+      1, 255, NULL, 0 },
 };
 
 static const struct conf_scope conf_scopes[] = {
     { "(global)", CONF_SCOPE_GLOBAL, 0, CONF_INSTANCE_NONE, NULL, NULL,
-      NULL },
+      NULL, C(domain_default), 0 },
     { "ESMTP_Listener", CONF_SCOPE_ESMTP_LISTENER, GLOBAL,
       CONF_INSTANCE_OPTIONAL, NULL, conf_esmtp_listener_enter,
-      conf_esmtp_listener_leave },
+      conf_esmtp_listener_leave, 0, 0 },
     { "Listen", CONF_SCOPE_LISTEN, LISTENER, CONF_INSTANCE_REQUIRED,
-      "Listen \"127.0.0.1:25\" { }", conf_listen_enter, NULL },
+      "Listen \"127.0.0.1:25\" { }", conf_listen_enter, NULL, 0, 0 },
+    { "Domain", CONF_SCOPE_DOMAIN, GLOBAL, CONF_INSTANCE_REQUIRED,
+      "Domain \"example.com\" { }", conf_domain_enter, NULL, 0, 1 },
+    { "Binding", CONF_SCOPE_BINDING, GLOBAL, CONF_INSTANCE_REQUIRED,
+      "Binding \"name\" { }", conf_binding_enter, NULL, B(overrides), 1 },
 };
 
 #undef GLOBAL
 #undef LISTENER
+#undef DOMAIN
+#undef BINDING
 #undef C
 #undef L
+#undef D
+#undef B
 
 
 /* conf_errors_add - append "file:line: message" unless the list is full */
@@ -765,6 +827,390 @@ conf_set_cidrs(struct conf_ctx *ctx, const struct conf_directive *d,
 }
 
 
+/* conf_host_name_check - 0 when s is a DNS host name: example.com */
+static int
+conf_host_name_check(const char *s)
+{
+    size_t len = strlen(s), label = 0, i;
+    int digits_only = 1;
+
+    if (len == 0 || len > 253)
+        return -EINVAL;
+    for (i = 0; i <= len; i++) {
+        char ch = s[i];
+
+        if (ch == '.' || ch == '\0') {
+            /* Labels: 1 to 63 characters, no '-' at either end. */
+            if (label == 0 || label > 63 || s[i - 1] == '-')
+                return -EINVAL;
+            if (ch == '\0')
+                break;
+            label = 0;
+            digits_only = 1;
+            continue;
+        }
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+              (ch >= '0' && ch <= '9') || ch == '-'))
+            return -EINVAL;
+        if (ch == '-' && label == 0)
+            return -EINVAL;
+        if (ch < '0' || ch > '9')
+            digits_only = 0;
+        label++;
+    }
+    /* No top-level domain is numeric: 10.0.0.256 is a broken address. */
+    return digits_only ? -EINVAL : 0;
+}
+
+
+/* conf_hostport_split - HOST, HOST:PORT, [HOST] or [HOST]:PORT into parts;
+ * *port is 0 when absent. -EAFNOSUPPORT: colons without brackets (bare
+ * IPv6), host is then all of s; -ERANGE: port not 1 to 65535. */
+static int
+conf_hostport_split(const char *s, char *host, size_t host_size,
+                    uint64_t *port, int *bracketed)
+{
+    const char *colon, *end;
+    size_t host_len;
+    int rc;
+
+    *port = 0;
+    *bracketed = s[0] == '[';
+    if (*bracketed) {
+        end = strchr(s, ']');
+        if (end == NULL || (end[1] != '\0' && end[1] != ':'))
+            return -EINVAL;
+        colon = end[1] == ':' ? end + 1 : NULL;
+        s++;
+    } else {
+        colon = strchr(s, ':');
+        if (colon != NULL && strchr(colon + 1, ':') != NULL) {
+            if (strlen(s) >= host_size)
+                return -EINVAL;
+            strcpy(host, s);
+            return -EAFNOSUPPORT;
+        }
+        end = colon != NULL ? colon : s + strlen(s);
+    }
+    host_len = (size_t)(end - s);
+    if (host_len == 0 || host_len >= host_size)
+        return -EINVAL;
+    memcpy(host, s, host_len);
+    host[host_len] = '\0';
+    if (colon == NULL)
+        return 0;
+    rc = conf_uint_from_str(colon + 1, port);
+    if (rc == -ERANGE || (rc == 0 && (*port == 0 || *port > 65535)))
+        return -ERANGE;
+    return rc;
+}
+
+
+/* conf_sockaddr_set - an address literal of family and port into ss */
+static int
+conf_sockaddr_set(int family, const char *host, unsigned port,
+                  struct sockaddr_storage *ss, socklen_t *len)
+{
+    memset(ss, 0, sizeof *ss);
+    if (family == AF_INET6) {
+        struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)(void *)ss;
+
+        if (inet_pton(AF_INET6, host, &sin6->sin6_addr) != 1)
+            return -EINVAL;
+        sin6->sin6_family = AF_INET6;
+        sin6->sin6_port = htons((uint16_t)port);
+        *len = sizeof *sin6;
+    } else {
+        struct sockaddr_in *sin = (struct sockaddr_in *)(void *)ss;
+
+        ASSERT(family == AF_INET);
+        if (inet_pton(AF_INET, host, &sin->sin_addr) != 1)
+            return -EINVAL;
+        sin->sin_family = AF_INET;
+        sin->sin_port = htons((uint16_t)port);
+        *len = sizeof *sin;
+    }
+    return 0;
+}
+
+
+/* conf_gateway_fini - free what a gateway holds and mark it unset */
+static void
+conf_gateway_fini(struct conf_gateway *g)
+{
+    free(g->text);
+    free(g->host);
+    memset(g, 0, sizeof *g);
+}
+
+
+/* conf_set_gateway - HOST[:PORT], HOST a name, IPv4 or [IPv6] address */
+static int
+conf_set_gateway(struct conf_ctx *ctx, const struct conf_directive *d,
+                 const struct conf_node *n, void *base)
+{
+    const char *v = conf_scalar(n);
+    struct conf_gateway *field = conf_field(d, base), g = { 0 };
+    char host[256];
+    uint64_t port = 0;
+    int bracketed, rc;
+
+    rc = v != NULL ? conf_hostport_split(v, host, sizeof host, &port,
+                                         &bracketed) : -EINVAL;
+    g.port = port != 0 ? (unsigned)port : CONF_PORT_SMTP;
+    if (rc == 0 && bracketed) {
+        rc = conf_sockaddr_set(AF_INET6, host, g.port, &g.addr,
+                               &g.addr_len);
+    } else if (rc == 0) {
+        if (conf_sockaddr_set(AF_INET, host, g.port, &g.addr,
+                              &g.addr_len) < 0)
+            rc = conf_host_name_check(host);
+    }
+    if (rc == -ERANGE) {
+        conf_errors_add(ctx->errs, n->file, n->line,
+                        "option '%s': bad port in '%s' (1 to 65535)",
+                        d->name, v);
+        return -EINVAL;
+    }
+    if (rc == -EAFNOSUPPORT) {
+        conf_errors_add(ctx->errs, n->file, n->line,
+                        "option '%s': bad gateway '%s' (an IPv6 address "
+                        "goes in brackets, as in \"[2001:db8::1]:25\")",
+                        d->name, v);
+        return -EINVAL;
+    }
+    if (rc < 0) {
+        conf_errors_add(ctx->errs, n->file, n->line,
+                        "option '%s': bad gateway '%s' (expected HOST or "
+                        "HOST:PORT, HOST a host name, an IPv4 address or "
+                        "an [IPv6] address)", d->name,
+                        v != NULL ? v : "( ... )");
+        return -EINVAL;
+    }
+    g.text = xstrdup(v);
+    g.host = xstrdup(host);
+    conf_gateway_fini(field);
+    *field = g;
+    return 0;
+}
+
+
+/* conf_throttle_from_str - "N" (per second) or "N/DURATION"; a bare
+ * duration is seconds */
+static int
+conf_throttle_from_str(const char *s, uint64_t *count, uint64_t *period_ms)
+{
+    const char *rest;
+    int rc = conf_number_prefix(s, count, &rest);
+
+    if (rc < 0)
+        return rc;
+    if (*rest == '\0') {
+        *period_ms = SEC;
+        return 0;
+    }
+    if (*rest != '/')
+        return -EINVAL;
+    return conf_duration_from_str(rest + 1, period_ms);
+}
+
+
+/* conf_set_throttle - N or N/SECONDS, N up to d->max; 0 means no limit */
+static int
+conf_set_throttle(struct conf_ctx *ctx, const struct conf_directive *d,
+                  const struct conf_node *n, void *base)
+{
+    const char *v = conf_scalar(n);
+    struct conf_throttle *field = conf_field(d, base);
+    uint64_t count, period_ms;
+
+    ASSERT(d->max <= UINT_MAX);
+    if (v == NULL || conf_throttle_from_str(v, &count, &period_ms) < 0 ||
+        count > d->max || period_ms < 1 * SEC || period_ms > 1 * DAY) {
+        conf_errors_add(ctx->errs, n->file, n->line,
+                        "option '%s' expects MESSAGES or MESSAGES/SECONDS, "
+                        "as in \"100/60\" (MESSAGES from 0 to %llu, 0 for "
+                        "no limit; SECONDS from 1 to 86400)", d->name,
+                        (unsigned long long)d->max);
+        return -EINVAL;
+    }
+    memset(field, 0, sizeof *field);
+    if (count != 0) {
+        field->count = (unsigned)count;
+        field->period_ms = (unsigned)period_ms;
+    }
+    return 0;
+}
+
+
+/* conf_set_retries - auto, none (both stored as 0) or a number in range */
+static int
+conf_set_retries(struct conf_ctx *ctx, const struct conf_directive *d,
+                 const struct conf_node *n, void *base)
+{
+    const char *v = conf_scalar(n);
+    uint64_t x;
+
+    ASSERT(d->max <= UINT_MAX);
+    if (v != NULL &&
+        (strcasecmp(v, "auto") == 0 || strcasecmp(v, "none") == 0)) {
+        x = 0;
+    } else if (v == NULL || conf_uint_from_str(v, &x) < 0 || x < d->min ||
+               x > d->max) {
+        conf_errors_add(ctx->errs, n->file, n->line,
+                        "option '%s' expects auto, none or a number from "
+                        "%llu to %llu", d->name, (unsigned long long)d->min,
+                        (unsigned long long)d->max);
+        return -EINVAL;
+    }
+    *(unsigned *)conf_field(d, base) = (unsigned)x;
+    return 0;
+}
+
+
+/* conf_nameserver_from_str - IPV4[:PORT], [IPV6][:PORT] or bare IPv6 */
+static int
+conf_nameserver_from_str(const char *s, struct conf_nameserver *ns)
+{
+    char host[INET6_ADDRSTRLEN + 2];
+    uint64_t port;
+    int bracketed;
+    int rc = conf_hostport_split(s, host, sizeof host, &port, &bracketed);
+
+    if (rc == -EAFNOSUPPORT)
+        return conf_sockaddr_set(AF_INET6, host, CONF_PORT_DNS, &ns->addr,
+                                 &ns->addr_len);
+    if (rc < 0)
+        return rc;
+    return conf_sockaddr_set(bracketed ? AF_INET6 : AF_INET, host,
+                             port != 0 ? (unsigned)port : CONF_PORT_DNS,
+                             &ns->addr, &ns->addr_len);
+}
+
+
+/* conf_set_nameservers - up to d->max DNS servers: array at offset, count */
+static int
+conf_set_nameservers(struct conf_ctx *ctx, const struct conf_directive *d,
+                     const struct conf_node *n, void *base)
+{
+    struct conf_nameserver **field = conf_field(d, base);
+    size_t *count = (size_t *)((char *)base + d->count_offset);
+    struct conf_nameserver *v;
+    char *const *items;
+    size_t i, item_count = conf_items(n, &items);
+    int rc = 0;
+
+    if (item_count > d->max) {
+        conf_errors_add(ctx->errs, n->file, n->line,
+                        "option '%s' takes at most %llu servers", d->name,
+                        (unsigned long long)d->max);
+        return -EINVAL;
+    }
+    v = xcalloc(item_count, sizeof *v);
+    for (i = 0; i < item_count; i++) {
+        int item_rc = conf_nameserver_from_str(items[i], &v[i]);
+
+        if (item_rc == -ERANGE) {
+            conf_errors_add(ctx->errs, n->file, n->line,
+                            "option '%s': bad port in '%s' (1 to 65535)",
+                            d->name, items[i]);
+        } else if (item_rc < 0) {
+            conf_errors_add(ctx->errs, n->file, n->line,
+                            "option '%s': bad server '%s' (expected "
+                            "IPV4[:PORT] or [IPV6][:PORT])", d->name,
+                            items[i]);
+        }
+        if (item_rc < 0)
+            rc = -EINVAL;
+        v[i].text = xstrdup(items[i]);
+    }
+    if (rc == 0) {
+        for (i = 0; i < *count; i++)
+            free((*field)[i].text);
+        free(*field);
+        *field = v;
+        *count = item_count;
+        return 0;
+    }
+    for (i = 0; i < item_count; i++)
+        free(v[i].text);
+    free(v);
+    return rc;
+}
+
+
+/* conf_set_address - an IPv4 or IPv6 address (brackets optional) with
+ * port 0: struct sockaddr_storage at offset, socklen_t at count_offset */
+static int
+conf_set_address(struct conf_ctx *ctx, const struct conf_directive *d,
+                 const struct conf_node *n, void *base)
+{
+    const char *v = conf_scalar(n);
+    socklen_t *len = (socklen_t *)((char *)base + d->count_offset);
+    char host[INET6_ADDRSTRLEN + 2];
+    size_t vlen = v != NULL ? strlen(v) : 0;
+    int rc = -EINVAL;
+
+    if (vlen > 2 && v[0] == '[' && v[vlen - 1] == ']' &&
+        vlen - 2 < sizeof host) {
+        memcpy(host, v + 1, vlen - 2);
+        host[vlen - 2] = '\0';
+        rc = conf_sockaddr_set(AF_INET6, host, 0, conf_field(d, base), len);
+    } else if (v != NULL) {
+        rc = conf_sockaddr_set(strchr(v, ':') != NULL ? AF_INET6 : AF_INET,
+                               v, 0, conf_field(d, base), len);
+    }
+    if (rc < 0) {
+        *len = 0;
+        conf_errors_add(ctx->errs, n->file, n->line,
+                        "option '%s' expects an IPv4 or IPv6 address such "
+                        "as 192.0.2.1 or 2001:db8::1", d->name);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+
+/* conf_set_mailbox - LOCAL@DOMAIN of d->min to d->max bytes, as a From */
+static int
+conf_set_mailbox(struct conf_ctx *ctx, const struct conf_directive *d,
+                 const struct conf_node *n, void *base)
+{
+    /* RFC 5322 atext and dots: no quoting, nothing to escape. */
+    static const char local_chars[] =
+        "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+        "!#$%&'*+-/=?^_`{|}~.";
+    const char *v = conf_scalar(n);
+    char **field = conf_field(d, base);
+    const char *at = v != NULL ? strrchr(v, '@') : NULL;
+    size_t len = v != NULL ? strlen(v) : 0;
+    const char *domain = at != NULL ? at + 1 : "";
+    size_t dlen = strlen(domain);
+    int ok;
+
+    ok = at != NULL && at != v && len >= d->min && len <= d->max &&
+         strspn(v, local_chars) == (size_t)(at - v) && v[0] != '.' &&
+         at[-1] != '.';
+    /* The domain is a host name or an address literal as in Hostname. */
+    if (ok && domain[0] == '[') {
+        ok = dlen > 2 && domain[dlen - 1] == ']' &&
+             strspn(domain + 1, "0123456789abcdefABCDEF.:IPv6") ==
+                 dlen - 2;
+    } else if (ok) {
+        ok = conf_host_name_check(domain) == 0;
+    }
+    if (!ok) {
+        conf_errors_add(ctx->errs, n->file, n->line,
+                        "option '%s' expects an address such as "
+                        "MAILER-DAEMON@mail.example.com", d->name);
+        return -EINVAL;
+    }
+    free(*field);
+    *field = xstrdup(v);
+    return 0;
+}
+
+
 /* conf_cidr_match_one - does the address (family, bytes) lie in e */
 static int
 conf_cidr_match_one(const struct conf_cidr *e, int family,
@@ -987,23 +1433,45 @@ conf_scope_find(const char *name, unsigned parent)
 }
 
 
-/* conf_scope_where - "the global scope" or "ESMTP_Listener", for errors */
-static const char *
-conf_scope_where(unsigned bit)
+/* conf_scope_row - the scope row of kind bit */
+static const struct conf_scope *
+conf_scope_row(unsigned bit)
 {
     size_t i;
 
-    if (bit == CONF_SCOPE_GLOBAL)
-        return "the global scope";
     for (i = 0; i < ARRAY_SIZE(conf_scopes); i++) {
         if (conf_scopes[i].bit == bit)
-            return conf_scopes[i].name;
+            return &conf_scopes[i];
     }
     panic("scope bit %#x has no row", bit);
 }
 
 
-/* conf_default - run d's setter on its default text */
+/* conf_scope_where - "the global scope" or "ESMTP_Listener", for errors */
+static const char *
+conf_scope_where(unsigned bit)
+{
+    if (bit == CONF_SCOPE_GLOBAL)
+        return "the global scope";
+    return conf_scope_row(bit)->name;
+}
+
+
+/* conf_target - the struct d fills in a scope of kind bit filling base */
+static void *
+conf_target(const struct conf_directive *d, unsigned bit, void *base)
+{
+    ASSERT(d->scopes & bit);
+    if (d->opt == 0)
+        return base;
+    /* Only scopes with a struct conf_domain admit CONF_OPT_* options. */
+    ASSERT(bit & (CONF_SCOPE_GLOBAL | CONF_SCOPE_DOMAIN |
+                  CONF_SCOPE_BINDING));
+    return (char *)base + conf_scope_row(bit)->domain_offset;
+}
+
+
+/* conf_default - run d's setter on its default text, into base */
 static void
 conf_default(struct conf_ctx *ctx, const struct conf_directive *d,
              void *base)
@@ -1064,7 +1532,9 @@ conf_walk_option(struct conf_ctx *ctx, const struct conf_node *n,
         return;
     }
     seen[i] = n;
-    (void)d->set(ctx, d, n, base);
+    base = conf_target(d, bit, base);
+    if (d->set(ctx, d, n, base) == 0 && d->opt != 0)
+        ((struct conf_domain *)base)->set |= d->opt;
 }
 
 
@@ -1127,12 +1597,361 @@ conf_walk(struct conf_ctx *ctx, const struct conf_node *scope, unsigned bit,
         else
             conf_walk_scope(ctx, n, bit, base);
     }
+    /* Domain and Binding options inherit instead, once the global scope
+     * is complete: see conf_domains_finish(). */
+    if (conf_scope_row(bit)->inherits)
+        return;
     for (i = 0; i < ARRAY_SIZE(conf_directives); i++) {
         const struct conf_directive *d = &conf_directives[i];
 
         if ((d->scopes & bit) && seen[i] == NULL && d->def != NULL)
-            conf_default(ctx, d, base);
+            conf_default(ctx, d, conf_target(d, bit, base));
     }
+}
+
+
+/* conf_domain_enter - one Domain "example.com" { } of the global scope */
+static void *
+conf_domain_enter(struct conf_ctx *ctx, const struct conf_node *n,
+                  void *parent)
+{
+    struct conf *c = parent;
+    struct conf_domain *dom;
+    char *p;
+
+    ASSERT(c == ctx->c);
+    ASSERT(n->instance != NULL);
+    if (n->instance[0] == '/') {
+        conf_errors_add(ctx->errs, n->file, n->line,
+                        "bad Domain name '%s': regex domains are not "
+                        "supported; write one Domain per name",
+                        n->instance);
+        return NULL;
+    }
+    if (strchr(n->instance, '*') != NULL) {
+        conf_errors_add(ctx->errs, n->file, n->line,
+                        "bad Domain name '%s': wildcards are not "
+                        "supported; write one Domain per name",
+                        n->instance);
+        return NULL;
+    }
+    if (conf_host_name_check(n->instance) < 0) {
+        conf_errors_add(ctx->errs, n->file, n->line,
+                        "bad Domain name '%s': expected a domain name such "
+                        "as example.com", n->instance);
+        return NULL;
+    }
+    c->domains = conf_grow(c->domains, c->domain_count, sizeof *c->domains);
+    dom = &c->domains[c->domain_count++];
+    memset(dom, 0, sizeof *dom);
+    dom->name = xstrdup(n->instance);
+    for (p = dom->name; *p != '\0'; p++) {
+        if (*p >= 'A' && *p <= 'Z')
+            *p = (char)(*p - 'A' + 'a');
+    }
+    dom->file = c->path;
+    dom->line = n->line;
+    return dom;
+}
+
+
+/* conf_binding_enter - one Binding "name" { } of the global scope */
+static void *
+conf_binding_enter(struct conf_ctx *ctx, const struct conf_node *n,
+                   void *parent)
+{
+    struct conf *c = parent;
+    struct conf_binding *b;
+    size_t len = strlen(n->instance);
+
+    ASSERT(c == ctx->c);
+    /* Momentum's rule: binding names take no spaces or colons. */
+    if (len == 0 || len > 255 || strpbrk(n->instance, " \t:") != NULL) {
+        conf_errors_add(ctx->errs, n->file, n->line,
+                        "bad Binding name '%s': expected 1 to 255 "
+                        "characters without spaces or colons", n->instance);
+        return NULL;
+    }
+    c->bindings = conf_grow(c->bindings, c->binding_count,
+                            sizeof *c->bindings);
+    b = &c->bindings[c->binding_count++];
+    memset(b, 0, sizeof *b);
+    b->name = xstrdup(n->instance);
+    b->file = c->path;
+    b->line = n->line;
+    b->overrides.file = c->path;
+    b->overrides.line = n->line;
+    return b;
+}
+
+
+/* conf_domain_cmp - qsort: by name, then by line */
+static int
+conf_domain_cmp(const void *a, const void *b)
+{
+    const struct conf_domain *x = a, *y = b;
+    int rc = strcmp(x->name, y->name);
+
+    if (rc != 0)
+        return rc;
+    return (x->line > y->line) - (x->line < y->line);
+}
+
+
+/* conf_binding_cmp - qsort: by name, then by line */
+static int
+conf_binding_cmp(const void *a, const void *b)
+{
+    const struct conf_binding *x = a, *y = b;
+    int rc = strcmp(x->name, y->name);
+
+    if (rc != 0)
+        return rc;
+    return (x->line > y->line) - (x->line < y->line);
+}
+
+
+/* conf_global_nodes - each option node of the global scope, by row */
+static void
+conf_global_nodes(const struct conf_node *root,
+                  const struct conf_node **nodes)
+{
+    const struct conf_node *n;
+
+    for (n = root->children; n != NULL; n = n->next) {
+        const struct conf_directive *d;
+
+        if (n->kind != CONF_NODE_OPTION)
+            continue;
+        d = conf_directive_find(n->name);
+        if (d != NULL && nodes[d - conf_directives] == NULL)
+            nodes[d - conf_directives] = n;
+    }
+}
+
+
+/* conf_domains_finish - sort Domains, reject duplicates, and give each
+ * the global value of every option it did not write */
+static void
+conf_domains_finish(struct conf_ctx *ctx, const struct conf_node *root,
+                    int inherit)
+{
+    const struct conf_node *global[ARRAY_SIZE(conf_directives)] = { 0 };
+    struct conf *c = ctx->c;
+    size_t i, j;
+
+    if (c->domain_count > 1) {
+        qsort(c->domains, c->domain_count, sizeof *c->domains,
+              conf_domain_cmp);
+    }
+    for (i = 1; i < c->domain_count; i++) {
+        if (strcmp(c->domains[i - 1].name, c->domains[i].name) != 0)
+            continue;
+        for (j = i - 1; j > 0; j--) {
+            if (strcmp(c->domains[j - 1].name, c->domains[i].name) != 0)
+                break;
+        }
+        conf_errors_add(ctx->errs, c->path, c->domains[i].line,
+                        "duplicate Domain '%s' (first on line %d)",
+                        c->domains[i].name, c->domains[j].line);
+    }
+    if (!inherit)
+        return;
+    /* Running the setter again on the global text (or the default) gives
+     * each Domain its own copy, with no per-option copy code to keep. */
+    conf_global_nodes(root, global);
+    for (i = 0; i < c->domain_count; i++) {
+        struct conf_domain *dom = &c->domains[i];
+
+        for (j = 0; j < ARRAY_SIZE(conf_directives); j++) {
+            const struct conf_directive *d = &conf_directives[j];
+            int rc;
+
+            if (d->opt == 0 || (dom->set & d->opt) ||
+                (d->scopes & CONF_SCOPE_DOMAIN) == 0)
+                continue;
+            if (global[j] != NULL) {
+                rc = d->set(ctx, d, global[j], dom);
+                ASSERT(rc == 0);
+            } else if (d->def != NULL) {
+                conf_default(ctx, d, dom);
+            }
+        }
+    }
+}
+
+
+/* conf_bindings_finish - sort Bindings, reject duplicates, add the
+ * built-in "default" unless declared, fill EHLO_Hostname */
+static void
+conf_bindings_finish(struct conf_ctx *ctx)
+{
+    struct conf *c = ctx->c;
+    struct conf_binding *b;
+    char text[INET6_ADDRSTRLEN];
+    size_t i, j;
+
+    if (c->binding_count > 1) {
+        qsort(c->bindings, c->binding_count, sizeof *c->bindings,
+              conf_binding_cmp);
+    }
+    for (i = 1; i < c->binding_count; i++) {
+        if (strcmp(c->bindings[i - 1].name, c->bindings[i].name) != 0)
+            continue;
+        for (j = i - 1; j > 0; j--) {
+            if (strcmp(c->bindings[j - 1].name, c->bindings[i].name) != 0)
+                break;
+        }
+        conf_errors_add(ctx->errs, c->path, c->bindings[i].line,
+                        "duplicate Binding '%s' (first on line %d)",
+                        c->bindings[i].name, c->bindings[j].line);
+    }
+    if (conf_binding_find(c, "default") == NULL) {
+        c->bindings = conf_grow(c->bindings, c->binding_count,
+                                sizeof *c->bindings);
+        b = &c->bindings[c->binding_count++];
+        memset(b, 0, sizeof *b);
+        b->name = xstrdup("default");
+        b->file = c->path;
+        b->overrides.file = c->path;
+        qsort(c->bindings, c->binding_count, sizeof *c->bindings,
+              conf_binding_cmp);
+    }
+    for (i = 0; i < c->binding_count; i++) {
+        b = &c->bindings[i];
+        if (b->ehlo_hostname == NULL)
+            b->ehlo_hostname = xstrdup(c->hostname);
+        if (b->bind_address_len == 0)
+            continue;
+        if (b->bind_address.ss_family == AF_INET6) {
+            inet_ntop(AF_INET6, &((struct sockaddr_in6 *)(void *)
+                                  &b->bind_address)->sin6_addr,
+                      text, sizeof text);
+        } else {
+            inet_ntop(AF_INET, &((struct sockaddr_in *)(void *)
+                                 &b->bind_address)->sin_addr,
+                      text, sizeof text);
+        }
+        b->bind_address_text = xstrdup(text);
+    }
+    c->binding_default = conf_binding_find(c, "default");
+    ASSERT(c->binding_default != NULL);
+}
+
+
+/* conf_throttles_number - one bucket per scope that writes a throttle */
+static void
+conf_throttles_number(struct conf *c)
+{
+    unsigned next = 1;
+    size_t i;
+
+    c->domain_default.outbound_throttle_messages.bucket = 0;
+    for (i = 0; i < c->domain_count; i++) {
+        struct conf_domain *dom = &c->domains[i];
+
+        dom->outbound_throttle_messages.bucket =
+            (dom->set & CONF_OPT_OUTBOUND_THROTTLE_MESSAGES) ? next++ : 0;
+    }
+    for (i = 0; i < c->binding_count; i++) {
+        struct conf_domain *o = &c->bindings[i].overrides;
+
+        if (o->set & CONF_OPT_OUTBOUND_THROTTLE_MESSAGES)
+            o->outbound_throttle_messages.bucket = next++;
+    }
+    c->throttle_bucket_count = next;
+}
+
+
+/* conf_domain_key_cmp - bsearch: a domain name against an entry */
+static int
+conf_domain_key_cmp(const void *key, const void *entry)
+{
+    return strcasecmp(key, ((const struct conf_domain *)entry)->name);
+}
+
+
+/* conf_domain_find - the effective options for a destination domain:
+ * its Domain scope, or conf->domain_default; never NULL */
+const struct conf_domain *
+conf_domain_find(const struct conf *c, const char *domain)
+{
+    const struct conf_domain *dom = NULL;
+
+    ASSERT(c != NULL);
+    /* Names are stored in lower case and sorted with strcmp(), which is
+     * the order strcasecmp() sees: bsearch() may fold case. */
+    if (domain != NULL && c->domain_count > 0) {
+        dom = bsearch(domain, c->domains, c->domain_count,
+                      sizeof *c->domains, conf_domain_key_cmp);
+    }
+    return dom != NULL ? dom : &c->domain_default;
+}
+
+
+/* conf_binding_key_cmp - bsearch: a binding name against an entry */
+static int
+conf_binding_key_cmp(const void *key, const void *entry)
+{
+    return strcmp(key, ((const struct conf_binding *)entry)->name);
+}
+
+
+/* conf_binding_find - the Binding named name (case-sensitive), or NULL */
+const struct conf_binding *
+conf_binding_find(const struct conf *c, const char *name)
+{
+    ASSERT(c != NULL);
+    if (name == NULL || c->binding_count == 0)
+        return NULL;
+    return bsearch(name, c->bindings, c->binding_count,
+                   sizeof *c->bindings, conf_binding_key_cmp);
+}
+
+
+/* conf_binding_default - the "default" binding, declared or built in */
+const struct conf_binding *
+conf_binding_default(const struct conf *c)
+{
+    ASSERT(c->binding_default != NULL);
+    return c->binding_default;
+}
+
+
+/* conf_binding_gateway - b's Gateway if b sets one, else d's; NULL: MX */
+const struct conf_gateway *
+conf_binding_gateway(const struct conf_binding *b,
+                     const struct conf_domain *d)
+{
+    ASSERT(d != NULL);
+    if (b != NULL && (b->overrides.set & CONF_OPT_GATEWAY))
+        return &b->overrides.gateway;
+    return d->gateway.text != NULL ? &d->gateway : NULL;
+}
+
+
+/* conf_binding_max_outbound_connections - b's limit if set, else d's */
+unsigned
+conf_binding_max_outbound_connections(const struct conf_binding *b,
+                                      const struct conf_domain *d)
+{
+    ASSERT(d != NULL);
+    if (b != NULL && (b->overrides.set & CONF_OPT_MAX_OUTBOUND_CONNECTIONS))
+        return b->overrides.max_outbound_connections;
+    return d->max_outbound_connections;
+}
+
+
+/* conf_binding_throttle - b's Outbound_Throttle_Messages if set, else d's */
+const struct conf_throttle *
+conf_binding_throttle(const struct conf_binding *b,
+                      const struct conf_domain *d)
+{
+    ASSERT(d != NULL);
+    if (b != NULL &&
+        (b->overrides.set & CONF_OPT_OUTBOUND_THROTTLE_MESSAGES))
+        return &b->overrides.outbound_throttle_messages;
+    return &d->outbound_throttle_messages;
 }
 
 
@@ -1179,8 +1998,17 @@ conf_load(const char *path, struct conf_errors *errs)
     conf_walk(&ctx, root, CONF_SCOPE_GLOBAL, c);
     if (c->hostname == NULL)
         c->hostname = conf_hostname_default();
+    if (c->mailer_daemon == NULL) {
+        c->mailer_daemon = xmalloc(strlen(c->hostname) + 16);
+        sprintf(c->mailer_daemon, "MAILER-DAEMON@%s", c->hostname);
+    }
     if (c->listener_count == 0 && !ctx.syntax_errors)
         conf_errors_add(errs, path, 0, "no ESMTP_Listener configured");
+    /* Inherit only from a global scope that is all valid: its setters
+     * run again for each Domain and must not report twice. */
+    conf_domains_finish(&ctx, root, errs->count == before);
+    conf_bindings_finish(&ctx);
+    conf_throttles_number(c);
 
 out:
     conf_node_free(root);
@@ -1211,6 +2039,25 @@ conf_free(struct conf *c)
         free(l->name);
     }
     free(c->listeners);
+    for (i = 0; i < c->domain_count; i++) {
+        free(c->domains[i].name);
+        conf_gateway_fini(&c->domains[i].gateway);
+    }
+    free(c->domains);
+    conf_gateway_fini(&c->domain_default.gateway);
+    for (i = 0; i < c->binding_count; i++) {
+        struct conf_binding *b = &c->bindings[i];
+
+        free(b->name);
+        free(b->bind_address_text);
+        free(b->ehlo_hostname);
+        conf_gateway_fini(&b->overrides.gateway);
+    }
+    free(c->bindings);
+    for (i = 0; i < c->nameserver_count; i++)
+        free(c->nameservers[i].text);
+    free(c->nameservers);
+    free(c->mailer_daemon);
     free(c->delivery_log);
     free(c->paniclog);
     free(c->hostname);

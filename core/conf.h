@@ -13,6 +13,18 @@
  *   int  conf_size_from_str(const char *s, uint64_t *bytes);
  *   int  conf_duration_from_str(const char *s, uint64_t *ms);
  *   int  conf_bool_from_str(const char *s, int *on);
+ *
+ *   const struct conf_domain  *conf_domain_find(const struct conf *c,
+ *                                               const char *domain);
+ *   const struct conf_binding *conf_binding_find(const struct conf *c,
+ *                                                const char *name);
+ *   const struct conf_binding *conf_binding_default(const struct conf *c);
+ *   const struct conf_gateway *conf_binding_gateway(
+ *       const struct conf_binding *b, const struct conf_domain *d);
+ *   unsigned conf_binding_max_outbound_connections(
+ *       const struct conf_binding *b, const struct conf_domain *d);
+ *   const struct conf_throttle *conf_binding_throttle(
+ *       const struct conf_binding *b, const struct conf_domain *d);
  * DESCRIPTION
  *   conf_load() parses the file in two steps: conf_parse.h turns the text
  *   into a tree of scopes and options (syntax errors carry file:line), then
@@ -24,10 +36,31 @@
  *   Keys are case-insensitive. Relative paths resolve against the directory
  *   of the configuration file. Sizes take K, M or G; durations are seconds
  *   unless they carry ms, s, m, h or d.
+ *
+ *   Delivery options (Gateway, Outbound_SMTP_Port, Retry_Interval,
+ *   Max_Retries, Message_Expiration, Max_Outbound_Connections,
+ *   Outbound_Throttle_Messages) are set globally and overridden per
+ *   destination in Domain "name" { } scopes; the last three also in
+ *   Binding "name" { } scopes. Inheritance is resolved at load time:
+ *   conf_domain_find() returns the Domain scope of a destination domain
+ *   (case-insensitive, O(log n)) with every option it does not set copied
+ *   from the global scope, or conf->domain_default (the global values)
+ *   when the domain has no scope. conf_binding_find() returns the Binding
+ *   named name (case-sensitive, as in Momentum), or NULL; the binding
+ *   "default" always exists (conf_binding_default()): declared in the
+ *   file or built in, with no Bind_Address and EHLO_Hostname = Hostname.
+ *   As in Momentum, a Binding's value beats a Domain's, which beats the
+ *   global one: conf_binding_gateway(), conf_binding_max_outbound_
+ *   connections() and conf_binding_throttle() return the binding's value
+ *   where the binding sets the option, else the domain's.
  * OWNERSHIP
  *   A struct conf is one configuration generation: immutable once loaded,
  *   owned by the main thread, read by every shard, freed by conf_free() when
- *   no shard uses it any more.
+ *   no shard uses it any more. Pointers returned by the lookups point
+ *   into it and live as long as it does.
+ * THREADS
+ *   After conf_load() returns, every function here only reads: any shard
+ *   may call the lookups at once without locks.
  * SEE ALSO
  *   conf_parse.h, docs/configuration.md, conf/ringmail.conf
  */
@@ -63,6 +96,81 @@ struct conf_esmtp_listener {
     size_t relay_host_count;
 };
 
+/* Gateway = "HOST[:PORT]": deliver to this smarthost instead of the MXs. */
+struct conf_gateway {
+    char *text;                  /* as written; NULL: no gateway, use MX */
+    char *host;                  /* host name or address, no brackets */
+    unsigned port;               /* 1..65535; 25 when not written */
+    struct sockaddr_storage addr;/* host as an address literal, with port */
+    socklen_t addr_len;          /* 0 when host is a name (resolve it) */
+};
+
+/* Outbound_Throttle_Messages = "N" (per second) or "N/SECONDS". */
+struct conf_throttle {
+    unsigned count;              /* messages per period; 0: no limit */
+    unsigned period_ms;          /* 1000 for a plain N; 0 when no limit */
+    unsigned bucket;             /* token bucket index, see below */
+};
+
+/*
+ * As in Momentum, throttles are shared "by reference": every scope that
+ * does not write its own Outbound_Throttle_Messages feeds the bucket of
+ * the scope it inherits from. bucket 0 is the global scope's (one limit
+ * for all domains without their own); each Domain and Binding scope that
+ * writes the option has its own bucket, numbered below
+ * conf->throttle_bucket_count.
+ */
+
+/* conf_domain.set: the options a scope wrote itself (not inherited). */
+enum conf_opt {
+    CONF_OPT_GATEWAY = 1u << 0,
+    CONF_OPT_OUTBOUND_SMTP_PORT = 1u << 1,
+    CONF_OPT_RETRY_INTERVAL = 1u << 2,
+    CONF_OPT_MAX_RETRIES = 1u << 3,
+    CONF_OPT_MESSAGE_EXPIRATION = 1u << 4,
+    CONF_OPT_MAX_OUTBOUND_CONNECTIONS = 1u << 5,
+    CONF_OPT_OUTBOUND_THROTTLE_MESSAGES = 1u << 6,
+};
+
+/* Effective delivery options for one destination domain. */
+struct conf_domain {
+    char *name;                  /* lower case; NULL for domain_default */
+    const char *file;            /* struct conf's path */
+    int line;                    /* of the Domain scope; 0 for default */
+    unsigned set;                /* CONF_OPT_* written in this scope */
+
+    struct conf_gateway gateway; /* Gateway, default none (MX) */
+    unsigned outbound_smtp_port; /* Outbound_SMTP_Port, 25, 1..65535 */
+    unsigned retry_interval_ms;  /* Retry_Interval, 20m, 1s..1d */
+    unsigned max_retries;        /* Max_Retries, 0 (auto): only expiry */
+    unsigned message_expiration_ms;  /* Message_Expiration, 1d, 1s..30d */
+    unsigned max_outbound_connections;  /* per domain, 32, 1..100000 */
+    struct conf_throttle outbound_throttle_messages;  /* default none */
+};
+
+/* One Binding "name" { }: an egress source chosen by msg:binding(). */
+struct conf_binding {
+    char *name;                  /* case-sensitive */
+    const char *file;            /* struct conf's path */
+    int line;                    /* 0 for the built-in "default" */
+    struct sockaddr_storage bind_address;   /* Bind_Address, port 0 */
+    socklen_t bind_address_len;  /* 0: none, the kernel chooses */
+    char *bind_address_text;     /* as written, or NULL */
+    char *ehlo_hostname;         /* EHLO_Hostname, default Hostname */
+
+    /* Gateway, Max_Outbound_Connections and Outbound_Throttle_Messages
+     * where overrides.set says the binding wrote them; read them through
+     * conf_binding_gateway() and friends. Other fields are unused. */
+    struct conf_domain overrides;
+};
+
+/* One Nameservers entry: IPV4[:PORT], [IPV6][:PORT] or a bare IPv6. */
+struct conf_nameserver {
+    struct sockaddr_storage addr;/* with port, default 53 */
+    socklen_t addr_len;
+    char *text;                  /* as written */
+};
+
 struct conf {
     char *path;                  /* the file loaded */
     char *dir;                   /* its directory: base of relative paths */
@@ -86,6 +194,23 @@ struct conf {
 
     struct conf_esmtp_listener *listeners;  /* ESMTP_Listener scopes */
     size_t listener_count;
+
+    /* outbound, global scope */
+    char *mailer_daemon;         /* MailerDaemon: From of bounces, default
+                                  * "MAILER-DAEMON@" Hostname */
+    struct conf_nameserver *nameservers;    /* Nameservers; none: use
+                                             * /etc/resolv.conf */
+    size_t nameserver_count;
+
+    /* Delivery options: the global values, for domains without a scope. */
+    struct conf_domain domain_default;
+    struct conf_domain *domains; /* Domain scopes, sorted by name */
+    size_t domain_count;
+    struct conf_binding *bindings;   /* Binding scopes and "default",
+                                      * sorted by name */
+    size_t binding_count;
+    const struct conf_binding *binding_default;  /* never NULL */
+    unsigned throttle_bucket_count;  /* >= 1: see struct conf_throttle */
 };
 
 struct conf_error {
@@ -113,5 +238,17 @@ void conf_errors_add(struct conf_errors *errs, const char *file, int line,
 int conf_size_from_str(const char *s, uint64_t *bytes);
 int conf_duration_from_str(const char *s, uint64_t *ms);
 int conf_bool_from_str(const char *s, int *on);
+
+const struct conf_domain *conf_domain_find(const struct conf *c,
+                                           const char *domain);
+const struct conf_binding *conf_binding_find(const struct conf *c,
+                                             const char *name);
+const struct conf_binding *conf_binding_default(const struct conf *c);
+const struct conf_gateway *conf_binding_gateway(const struct conf_binding *b,
+                                                const struct conf_domain *d);
+unsigned conf_binding_max_outbound_connections(const struct conf_binding *b,
+                                               const struct conf_domain *d);
+const struct conf_throttle *conf_binding_throttle(
+    const struct conf_binding *b, const struct conf_domain *d);
 
 #endif

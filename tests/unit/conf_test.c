@@ -901,6 +901,708 @@ golden_files(void **state)
 }
 
 
+/* --- delivery options: Domain, Binding, Nameservers ----------------- */
+
+
+static unsigned
+port_of(const struct sockaddr_storage *ss)
+{
+    if (ss->ss_family == AF_INET6)
+        return ntohs(((const struct sockaddr_in6 *)(const void *)ss)
+                     ->sin6_port);
+    return ntohs(((const struct sockaddr_in *)(const void *)ss)->sin_port);
+}
+
+
+static void
+delivery_defaults(void **state)
+{
+    struct conf *c = load_ok("Hostname = mx.example.com\n" LISTENER);
+    const struct conf_domain *d = &c->domain_default;
+    const struct conf_binding *b;
+    char want[300];
+
+    (void)state;
+    assert_null(d->name);
+    assert_int_equal(d->set, 0);
+    assert_null(d->gateway.text);
+    assert_int_equal(d->outbound_smtp_port, 25);
+    assert_int_equal(d->retry_interval_ms, 1200 * 1000);
+    assert_int_equal(d->max_retries, 0);
+    assert_int_equal(d->message_expiration_ms, 86400 * 1000);
+    assert_int_equal(d->max_outbound_connections, 32);
+    assert_int_equal(d->outbound_throttle_messages.count, 0);
+    assert_int_equal(d->outbound_throttle_messages.period_ms, 0);
+    assert_int_equal(d->outbound_throttle_messages.bucket, 0);
+    assert_int_equal(c->throttle_bucket_count, 1);
+    assert_int_equal(c->nameserver_count, 0);
+    assert_null(c->nameservers);
+    assert_string_equal(c->mailer_daemon, "MAILER-DAEMON@mx.example.com");
+    assert_int_equal(c->domain_count, 0);
+    assert_ptr_equal(conf_domain_find(c, "example.com"), d);
+    assert_ptr_equal(conf_domain_find(c, NULL), d);
+
+    /* The built-in default binding. */
+    assert_int_equal(c->binding_count, 1);
+    b = conf_binding_default(c);
+    assert_non_null(b);
+    assert_ptr_equal(conf_binding_find(c, "default"), b);
+    assert_null(conf_binding_find(c, "Default"));
+    assert_null(conf_binding_find(c, "other"));
+    assert_null(conf_binding_find(c, NULL));
+    assert_string_equal(b->name, "default");
+    assert_int_equal(b->line, 0);
+    assert_int_equal(b->bind_address_len, 0);
+    assert_null(b->bind_address_text);
+    assert_string_equal(b->ehlo_hostname, "mx.example.com");
+    assert_int_equal(b->overrides.set, 0);
+    assert_null(conf_binding_gateway(b, d));
+    assert_int_equal(conf_binding_max_outbound_connections(b, d), 32);
+    assert_ptr_equal(conf_binding_throttle(b, d),
+                     &d->outbound_throttle_messages);
+    conf_free(c);
+
+    /* Without Hostname, MailerDaemon follows the machine's name. */
+    c = load_ok(LISTENER);
+    snprintf(want, sizeof want, "MAILER-DAEMON@%s", c->hostname);
+    assert_string_equal(c->mailer_daemon, want);
+    assert_string_equal(c->binding_default->ehlo_hostname, c->hostname);
+    conf_free(c);
+}
+
+
+static void
+delivery_options_with_units(void **state)
+{
+    struct conf *c = load_ok(
+        "MailerDaemon = \"bounces@mail.example.com\"\n"
+        "Gateway = \"relay.example.com\"\n"
+        "Outbound_SMTP_Port = 2525\n"
+        "Retry_Interval = 90s\n"
+        "Max_Retries = 5\n"
+        "Message_Expiration = 3d\n"
+        "Max_Outbound_Connections = 100000\n"
+        "Outbound_Throttle_Messages = \"100/60\"\n"
+        LISTENER);
+    const struct conf_domain *d = &c->domain_default;
+
+    (void)state;
+    assert_string_equal(c->mailer_daemon, "bounces@mail.example.com");
+    assert_string_equal(d->gateway.text, "relay.example.com");
+    assert_string_equal(d->gateway.host, "relay.example.com");
+    assert_int_equal(d->gateway.port, 25);
+    assert_int_equal(d->gateway.addr_len, 0);
+    assert_int_equal(d->outbound_smtp_port, 2525);
+    assert_int_equal(d->retry_interval_ms, 90 * 1000);
+    assert_int_equal(d->max_retries, 5);
+    assert_int_equal(d->message_expiration_ms, 3 * 86400 * 1000);
+    assert_int_equal(d->max_outbound_connections, 100000);
+    assert_int_equal(d->outbound_throttle_messages.count, 100);
+    assert_int_equal(d->outbound_throttle_messages.period_ms, 60 * 1000);
+    assert_ptr_equal(conf_binding_gateway(c->binding_default, d),
+                     &d->gateway);
+    conf_free(c);
+
+    /* Bounds, words and other throttle forms. */
+    c = load_ok("Retry_Interval = 1\nMessage_Expiration = 1s\n"
+                "Max_Retries = NONE\nOutbound_Throttle_Messages = 50\n"
+                "Outbound_SMTP_Port = 65535\n" LISTENER);
+    d = &c->domain_default;
+    assert_int_equal(d->retry_interval_ms, 1000);
+    assert_int_equal(d->message_expiration_ms, 1000);
+    assert_int_equal(d->max_retries, 0);
+    assert_int_equal(d->outbound_throttle_messages.count, 50);
+    assert_int_equal(d->outbound_throttle_messages.period_ms, 1000);
+    assert_int_equal(d->outbound_smtp_port, 65535);
+    conf_free(c);
+
+    c = load_ok("Retry_Interval = 1d\nMessage_Expiration = 30d\n"
+                "Max_Retries = 10000\n"
+                "Outbound_Throttle_Messages = \"1000000/1m\"\n" LISTENER);
+    d = &c->domain_default;
+    assert_int_equal(d->retry_interval_ms, 86400 * 1000);
+    assert_int_equal(d->message_expiration_ms, 30u * 86400 * 1000);
+    assert_int_equal(d->max_retries, 10000);
+    assert_int_equal(d->outbound_throttle_messages.count, 1000000);
+    assert_int_equal(d->outbound_throttle_messages.period_ms, 60 * 1000);
+    conf_free(c);
+
+    /* 0, with or without a period, is no limit. */
+    c = load_ok("Outbound_Throttle_Messages = \"0/60\"\n" LISTENER);
+    assert_int_equal(c->domain_default.outbound_throttle_messages.count, 0);
+    assert_int_equal(
+        c->domain_default.outbound_throttle_messages.period_ms, 0);
+    conf_free(c);
+}
+
+
+static void
+delivery_out_of_range(void **state)
+{
+    (void)state;
+    load_errors(LISTENER
+                "Retry_Interval = 999ms\n"
+                "Message_Expiration = 31d\n"
+                "Max_Retries = 10001\n"
+                "Max_Outbound_Connections = 0\n"
+                "Outbound_SMTP_Port = 0\n",
+                5);
+    expect_error(0, 2, "option 'Retry_Interval' expects a duration from 1s "
+                 "to 1d (seconds, or a number with ms, s, m, h or d)");
+    expect_error(1, 3, "option 'Message_Expiration' expects a duration "
+                 "from 1s to 30d (seconds, or a number with ms, s, m, h "
+                 "or d)");
+    expect_error(2, 4, "option 'Max_Retries' expects auto, none or a "
+                 "number from 0 to 10000");
+    expect_error(3, 5, "option 'Max_Outbound_Connections' expects a number "
+                 "from 1 to 100000");
+    expect_error(4, 6, "option 'Outbound_SMTP_Port' expects a number from "
+                 "1 to 65535");
+}
+
+
+static void
+gateway_forms(void **state)
+{
+    static const struct {
+        const char *text, *host;
+        int family;              /* AF_UNSPEC: a name */
+        unsigned port;
+    } good[] = {
+        { "10.0.0.1", "10.0.0.1", AF_INET, 25 },
+        { "10.0.0.1:2525", "10.0.0.1", AF_INET, 2525 },
+        { "[::1]", "::1", AF_INET6, 25 },
+        { "[2001:db8::1]:26", "2001:db8::1", AF_INET6, 26 },
+        { "mx.example.com:587", "mx.example.com", AF_UNSPEC, 587 },
+        { "Relay-1.Example.COM", "Relay-1.Example.COM", AF_UNSPEC, 25 },
+        { "localhost:65535", "localhost", AF_UNSPEC, 65535 },
+    };
+    char text[256];
+    size_t i;
+
+    (void)state;
+    for (i = 0; i < sizeof good / sizeof good[0]; i++) {
+        struct conf *c;
+        const struct conf_gateway *g;
+
+        snprintf(text, sizeof text, "Gateway = \"%s\"\n" LISTENER,
+                 good[i].text);
+        c = load_ok(text);
+        g = &c->domain_default.gateway;
+        assert_string_equal(g->text, good[i].text);
+        assert_string_equal(g->host, good[i].host);
+        assert_int_equal(g->port, good[i].port);
+        if (good[i].family == AF_UNSPEC) {
+            assert_int_equal(g->addr_len, 0);
+        } else {
+            assert_int_equal(g->addr.ss_family, good[i].family);
+            assert_int_equal(port_of(&g->addr), good[i].port);
+        }
+        conf_free(c);
+    }
+}
+
+
+static void
+error_bad_gateway(void **state)
+{
+    static const char *const bad[] = {
+        "", "[::1", "[::1]x", "[]:25", "host:", "host:x", "-bad.example",
+        "bad-.example", "a..example", "10.0.0.256", "a b", "[mx.example]",
+        "[10.0.0.1]:25", "under_score.example",
+    };
+    char text[256], want[512];
+    size_t i;
+
+    (void)state;
+    for (i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        snprintf(text, sizeof text, LISTENER "\nGateway = \"%s\"\n",
+                 bad[i]);
+        snprintf(want, sizeof want, "option 'Gateway': bad gateway '%s' "
+                 "(expected HOST or HOST:PORT, HOST a host name, an IPv4 "
+                 "address or an [IPv6] address)", bad[i]);
+        one_error(text, 3, want);
+        conf_errors_fini(&test_errs);
+    }
+    one_error(LISTENER "Gateway = \"2001:db8::1\"\n", 2, "option "
+              "'Gateway': bad gateway '2001:db8::1' (an IPv6 address goes "
+              "in brackets, as in \"[2001:db8::1]:25\")");
+    conf_errors_fini(&test_errs);
+    one_error(LISTENER "Gateway = \"mx.example.com:0\"\n", 2, "option "
+              "'Gateway': bad port in 'mx.example.com:0' (1 to 65535)");
+    conf_errors_fini(&test_errs);
+    one_error(LISTENER "Domain \"a.test\" {\n  Gateway = \"[::1]:65536\"\n"
+              "}\n", 3, "option 'Gateway': bad port in '[::1]:65536' (1 to "
+              "65535)");
+    conf_errors_fini(&test_errs);
+    one_error(LISTENER "Gateway = ( \"a\" \"b\" )\n", 2, "option "
+              "'Gateway': bad gateway '( ... )' (expected HOST or "
+              "HOST:PORT, HOST a host name, an IPv4 address or an [IPv6] "
+              "address)");
+}
+
+
+static void
+error_bad_throttle(void **state)
+{
+    static const char *const bad[] = {
+        "fast", "-1", "10/", "/60", "10/0", "10/500ms", "10/2d", "1000001",
+        "10/60/2", "10 / 60", "10/x", "1.5",
+    };
+    char text[256], want[512];
+    size_t i;
+
+    (void)state;
+    for (i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        snprintf(text, sizeof text, LISTENER "Binding \"b\" {\n"
+                 "  Outbound_Throttle_Messages = \"%s\"\n}\n", bad[i]);
+        snprintf(want, sizeof want, "option 'Outbound_Throttle_Messages' "
+                 "expects MESSAGES or MESSAGES/SECONDS, as in \"100/60\" "
+                 "(MESSAGES from 0 to 1000000, 0 for no limit; SECONDS "
+                 "from 1 to 86400)");
+        one_error(text, 3, want);
+        conf_errors_fini(&test_errs);
+    }
+}
+
+
+static void
+domain_inheritance(void **state)
+{
+    struct conf *c = load_ok(
+        LISTENER
+        "Domain \"a.test\" {\n"           /* 2: before the globals */
+        "    Retry_Interval = 1m\n"
+        "}\n"
+        "Retry_Interval = 5m\n"
+        "Gateway = \"relay.example.com:2525\"\n"
+        "Max_Outbound_Connections = 7\n"
+        "Domain \"C.Test\" {\n"           /* 8 */
+        "    Gateway = \"[::1]\"\n"
+        "    Max_Retries = 3\n"
+        "    Message_Expiration = 2h\n"
+        "    Outbound_SMTP_Port = 2526\n"
+        "    Max_Outbound_Connections = 2\n"
+        "}\n"
+        "Domain b-2.test { }\n");       /* 15 */
+    const struct conf_domain *a, *b, *cc, *def = NULL;
+
+    (void)state;
+    def = &c->domain_default;
+    assert_int_equal(c->domain_count, 3);
+    a = conf_domain_find(c, "a.test");
+    b = conf_domain_find(c, "b.test");
+    cc = conf_domain_find(c, "c.TEST");
+    assert_ptr_not_equal(a, def);
+    assert_ptr_equal(b, def);
+    assert_ptr_not_equal(cc, def);
+    assert_ptr_equal(conf_domain_find(c, "A.Test"), a);
+    assert_ptr_equal(conf_domain_find(c, "a.test."), def);
+    assert_ptr_equal(conf_domain_find(c, "x.a.test"), def);
+    assert_ptr_equal(conf_domain_find(c, ""), def);
+
+    /* a.test: its own Retry_Interval, everything else global. */
+    assert_string_equal(a->name, "a.test");
+    assert_int_equal(a->line, 2);
+    assert_string_equal(a->file, test_path);
+    assert_int_equal(a->set, CONF_OPT_RETRY_INTERVAL);
+    assert_int_equal(a->retry_interval_ms, 60 * 1000);
+    assert_int_equal(b->retry_interval_ms, 5 * 60 * 1000);
+    assert_string_equal(a->gateway.text, "relay.example.com:2525");
+    assert_ptr_not_equal(a->gateway.text, def->gateway.text);
+    assert_int_equal(a->gateway.port, 2525);
+    assert_int_equal(a->max_outbound_connections, 7);
+    assert_int_equal(a->max_retries, 0);
+    assert_int_equal(a->message_expiration_ms, 86400 * 1000);
+    assert_int_equal(a->outbound_smtp_port, 25);
+
+    /* C.Test is stored in lower case. */
+    assert_string_equal(cc->name, "c.test");
+    assert_int_equal(cc->line, 8);
+    assert_int_equal(cc->set, CONF_OPT_GATEWAY | CONF_OPT_MAX_RETRIES |
+                     CONF_OPT_MESSAGE_EXPIRATION |
+                     CONF_OPT_OUTBOUND_SMTP_PORT |
+                     CONF_OPT_MAX_OUTBOUND_CONNECTIONS);
+    assert_string_equal(cc->gateway.host, "::1");
+    assert_int_equal(cc->gateway.addr.ss_family, AF_INET6);
+    assert_int_equal(cc->retry_interval_ms, 5 * 60 * 1000);
+    assert_int_equal(cc->max_retries, 3);
+    assert_int_equal(cc->message_expiration_ms, 2 * 3600 * 1000);
+    assert_int_equal(cc->outbound_smtp_port, 2526);
+    assert_int_equal(cc->max_outbound_connections, 2);
+
+    /* A scope that sets nothing is the global values under its name. */
+    b = conf_domain_find(c, "B-2.test");
+    assert_string_equal(b->name, "b-2.test");
+    assert_int_equal(b->set, 0);
+    assert_int_equal(b->retry_interval_ms, 5 * 60 * 1000);
+    assert_int_equal(b->max_outbound_connections, 7);
+    conf_free(c);
+}
+
+
+static void
+domain_many(void **state)
+{
+    static char text[2000 * 64 + 256];
+    char name[64];
+    size_t i, len = 0;
+    struct conf *c;
+
+    (void)state;
+    len += (size_t)sprintf(text + len, "%s", LISTENER);
+    /* Reverse order, so the lookup depends on the sort. */
+    for (i = 2000; i > 0; i--) {
+        len += (size_t)sprintf(text + len, "Domain \"d%zu.test\" { "
+                               "Max_Retries = %zu }\n", i, i);
+    }
+    c = load_ok(text);
+    assert_int_equal(c->domain_count, 2000);
+    for (i = 1; i <= 2000; i++) {
+        const struct conf_domain *d;
+
+        snprintf(name, sizeof name, "D%zu.TEST", i);
+        d = conf_domain_find(c, name);
+        assert_non_null(d->name);
+        assert_int_equal(d->max_retries, i);
+    }
+    assert_ptr_equal(conf_domain_find(c, "d0.test"), &c->domain_default);
+    assert_ptr_equal(conf_domain_find(c, "d2001.test"), &c->domain_default);
+    conf_free(c);
+}
+
+
+static void
+binding_lookup(void **state)
+{
+    struct conf *c = load_ok(
+        "Hostname = mx.example.com\n"
+        "Max_Outbound_Connections = 9\n"
+        "Gateway = \"relay.example.com\"\n"
+        LISTENER
+        "Binding \"out1\" {\n"                 /* 5 */
+        "    Bind_Address = \"127.0.0.2\"\n"
+        "    EHLO_Hostname = \"out1.example.com\"\n"
+        "    Gateway = \"[::1]:2526\"\n"
+        "    Max_Outbound_Connections = 3\n"
+        "}\n"
+        "Binding \"Out1\" {\n"                 /* 11 */
+        "    Bind_Address = \"[2001:db8::7]\"\n"
+        "}\n"
+        "Binding \"v6\" { Bind_Address = \"::1\" }\n"
+        "Domain \"a.test\" { Max_Outbound_Connections = 4 }\n");
+    const struct conf_binding *out1, *Out1, *v6, *def;
+    const struct conf_domain *a, *other;
+    const struct sockaddr_in *sin;
+
+    (void)state;
+    assert_int_equal(c->binding_count, 4);
+    out1 = conf_binding_find(c, "out1");
+    Out1 = conf_binding_find(c, "Out1");
+    v6 = conf_binding_find(c, "v6");
+    def = conf_binding_default(c);
+    assert_non_null(out1);
+    assert_non_null(Out1);
+    assert_non_null(v6);
+    assert_ptr_not_equal(out1, Out1);
+    assert_null(conf_binding_find(c, "OUT1"));
+    assert_null(conf_binding_find(c, "out2"));
+
+    assert_string_equal(out1->name, "out1");
+    assert_int_equal(out1->line, 5);
+    assert_string_equal(out1->file, test_path);
+    assert_int_equal(out1->bind_address_len, sizeof *sin);
+    sin = (const struct sockaddr_in *)&out1->bind_address;
+    assert_int_equal(sin->sin_family, AF_INET);
+    assert_int_equal(ntohs(sin->sin_port), 0);
+    assert_int_equal(ntohl(sin->sin_addr.s_addr), 0x7f000002);
+    assert_string_equal(out1->bind_address_text, "127.0.0.2");
+    assert_string_equal(out1->ehlo_hostname, "out1.example.com");
+    assert_int_equal(out1->overrides.set, CONF_OPT_GATEWAY |
+                     CONF_OPT_MAX_OUTBOUND_CONNECTIONS);
+
+    assert_int_equal(Out1->bind_address.ss_family, AF_INET6);
+    assert_int_equal(port_of(&Out1->bind_address), 0);
+    assert_string_equal(Out1->bind_address_text, "2001:db8::7");
+    assert_string_equal(Out1->ehlo_hostname, "mx.example.com");
+    assert_string_equal(v6->bind_address_text, "::1");
+
+    assert_string_equal(def->name, "default");
+    assert_int_equal(def->bind_address_len, 0);
+    assert_string_equal(def->ehlo_hostname, "mx.example.com");
+
+    /* Binding beats Domain beats global, option by option. */
+    a = conf_domain_find(c, "a.test");
+    other = conf_domain_find(c, "other.test");
+    assert_int_equal(conf_binding_max_outbound_connections(out1, a), 3);
+    assert_int_equal(conf_binding_max_outbound_connections(out1, other), 3);
+    assert_int_equal(conf_binding_max_outbound_connections(def, a), 4);
+    assert_int_equal(conf_binding_max_outbound_connections(Out1, other), 9);
+    assert_int_equal(conf_binding_max_outbound_connections(NULL, a), 4);
+    assert_string_equal(conf_binding_gateway(out1, a)->text, "[::1]:2526");
+    assert_int_equal(conf_binding_gateway(out1, a)->port, 2526);
+    assert_string_equal(conf_binding_gateway(def, a)->text,
+                        "relay.example.com");
+    assert_string_equal(conf_binding_gateway(v6, other)->text,
+                        "relay.example.com");
+    conf_free(c);
+
+    /* A declared "default" replaces the built-in one. */
+    c = load_ok(LISTENER "Binding default {\n"
+                "  EHLO_Hostname = \"out0.example.com\"\n"
+                "  Bind_Address = \"127.0.0.3\"\n}\n");
+    assert_int_equal(c->binding_count, 1);
+    def = conf_binding_default(c);
+    assert_ptr_equal(conf_binding_find(c, "default"), def);
+    assert_int_equal(def->line, 2);
+    assert_string_equal(def->ehlo_hostname, "out0.example.com");
+    assert_string_equal(def->bind_address_text, "127.0.0.3");
+    conf_free(c);
+}
+
+
+static void
+throttle_buckets(void **state)
+{
+    struct conf *c = load_ok(
+        "Outbound_Throttle_Messages = 10\n"
+        LISTENER
+        "Domain \"a.test\" { Outbound_Throttle_Messages = \"5/2\" }\n"
+        "Domain \"b.test\" { Retry_Interval = 1m }\n"
+        "Domain \"c.test\" { Outbound_Throttle_Messages = 0 }\n"
+        "Binding \"x\" { Outbound_Throttle_Messages = \"3/1h\" }\n"
+        "Binding \"y\" { }\n");
+    const struct conf_domain *a, *b, *cc, *def;
+    const struct conf_binding *x, *y;
+    const struct conf_throttle *t;
+
+    (void)state;
+    def = &c->domain_default;
+    a = conf_domain_find(c, "a.test");
+    b = conf_domain_find(c, "b.test");
+    cc = conf_domain_find(c, "c.test");
+    x = conf_binding_find(c, "x");
+    y = conf_binding_find(c, "y");
+    assert_int_equal(c->throttle_bucket_count, 4);
+
+    assert_int_equal(def->outbound_throttle_messages.count, 10);
+    assert_int_equal(def->outbound_throttle_messages.period_ms, 1000);
+    assert_int_equal(def->outbound_throttle_messages.bucket, 0);
+    /* b.test inherits the global throttle and shares its bucket. */
+    assert_int_equal(b->outbound_throttle_messages.count, 10);
+    assert_int_equal(b->outbound_throttle_messages.bucket, 0);
+    assert_int_equal(a->outbound_throttle_messages.count, 5);
+    assert_int_equal(a->outbound_throttle_messages.period_ms, 2000);
+    assert_int_not_equal(a->outbound_throttle_messages.bucket, 0);
+    /* c.test is unlimited, in a bucket of its own. */
+    assert_int_equal(cc->outbound_throttle_messages.count, 0);
+    assert_int_not_equal(cc->outbound_throttle_messages.bucket, 0);
+    assert_int_not_equal(cc->outbound_throttle_messages.bucket,
+                         a->outbound_throttle_messages.bucket);
+
+    t = conf_binding_throttle(x, b);
+    assert_ptr_equal(t, &x->overrides.outbound_throttle_messages);
+    assert_int_equal(t->count, 3);
+    assert_int_equal(t->period_ms, 3600 * 1000);
+    assert_true(t->bucket < c->throttle_bucket_count);
+    assert_int_not_equal(t->bucket, 0);
+    assert_int_not_equal(t->bucket, a->outbound_throttle_messages.bucket);
+    assert_int_not_equal(t->bucket, cc->outbound_throttle_messages.bucket);
+    assert_ptr_equal(conf_binding_throttle(y, a),
+                     &a->outbound_throttle_messages);
+    assert_ptr_equal(conf_binding_throttle(y, b),
+                     &b->outbound_throttle_messages);
+    conf_free(c);
+}
+
+
+static void
+nameservers(void **state)
+{
+    struct conf *c = load_ok(
+        "Nameservers = ( \"127.0.0.1:5353\" \"[::1]:53\" \"10.0.0.1\"\n"
+        "                \"2001:db8::35\" \"[fe80::1]\" )\n" LISTENER);
+    const struct sockaddr_in *sin;
+
+    (void)state;
+    assert_int_equal(c->nameserver_count, 5);
+    sin = (const struct sockaddr_in *)&c->nameservers[0].addr;
+    assert_int_equal(sin->sin_family, AF_INET);
+    assert_int_equal(ntohl(sin->sin_addr.s_addr), INADDR_LOOPBACK);
+    assert_int_equal(c->nameservers[0].addr_len, sizeof *sin);
+    assert_int_equal(port_of(&c->nameservers[0].addr), 5353);
+    assert_string_equal(c->nameservers[0].text, "127.0.0.1:5353");
+    assert_int_equal(c->nameservers[1].addr.ss_family, AF_INET6);
+    assert_int_equal(c->nameservers[1].addr_len,
+                     sizeof(struct sockaddr_in6));
+    assert_int_equal(port_of(&c->nameservers[1].addr), 53);
+    assert_int_equal(c->nameservers[2].addr.ss_family, AF_INET);
+    assert_int_equal(port_of(&c->nameservers[2].addr), 53);
+    assert_int_equal(c->nameservers[3].addr.ss_family, AF_INET6);
+    assert_int_equal(port_of(&c->nameservers[3].addr), 53);
+    assert_int_equal(port_of(&c->nameservers[4].addr), 53);
+    conf_free(c);
+
+    /* A single value is a list of one; ( ) is the default. */
+    c = load_ok("Nameservers = 192.0.2.53\n" LISTENER);
+    assert_int_equal(c->nameserver_count, 1);
+    conf_free(c);
+    c = load_ok("Nameservers = ( )\n" LISTENER);
+    assert_int_equal(c->nameserver_count, 0);
+    conf_free(c);
+
+    load_errors(LISTENER
+                "Nameservers = ( \"127.0.0.1:0\" \"dns.example.com\"\n"
+                "  \"1.2.3.4:53x\" \"[::1]:70000\" \"::1:53:\" \"[::1\"\n"
+                "  \"1.2.3.4:\" \"\" )\n"
+                "Shards = 0\n",
+                9);
+    expect_error(0, 2, "option 'Nameservers': bad port in '127.0.0.1:0' "
+                 "(1 to 65535)");
+    expect_error(1, 2, "option 'Nameservers': bad server 'dns.example.com' "
+                 "(expected IPV4[:PORT] or [IPV6][:PORT])");
+    expect_error(2, 2, "option 'Nameservers': bad server '1.2.3.4:53x' "
+                 "(expected IPV4[:PORT] or [IPV6][:PORT])");
+    expect_error(3, 2, "option 'Nameservers': bad port in '[::1]:70000' "
+                 "(1 to 65535)");
+    expect_error(4, 2, "option 'Nameservers': bad server '::1:53:' "
+                 "(expected IPV4[:PORT] or [IPV6][:PORT])");
+    expect_error(8, 5, "option 'Shards' expects auto or a number from 1 "
+                 "to 256");
+    conf_errors_fini(&test_errs);
+
+    one_error("Nameservers = ( 1.1.1.1 1.1.1.2 1.1.1.3 1.1.1.4 1.1.1.5\n"
+              " 1.1.1.6 1.1.1.7 1.1.1.8 1.1.1.9 1.1.1.10 1.1.1.11 1.1.1.12\n"
+              " 1.1.1.13 1.1.1.14 1.1.1.15 1.1.1.16 1.1.1.17 )\n" LISTENER,
+              1, "option 'Nameservers' takes at most 16 servers");
+}
+
+
+static void
+mailer_daemon(void **state)
+{
+    static const char *const good[] = {
+        "MAILER-DAEMON@mx.example.com", "bounce+x.y@example.com",
+        "pm@[192.0.2.1]", "a@b",
+    };
+    static const char *const bad[] = {
+        "no at sign", "@example.com", "x@", "x@-bad.example",
+        "two words@example.com", "x@example.com>", ".x@example.com",
+        "x.@example.com", "<x@example.com>", "x@[]",
+    };
+    char text[256], want[256];
+    struct conf *c;
+    size_t i;
+
+    (void)state;
+    for (i = 0; i < sizeof good / sizeof good[0]; i++) {
+        snprintf(text, sizeof text, "MailerDaemon = \"%s\"\n" LISTENER,
+                 good[i]);
+        c = load_ok(text);
+        assert_string_equal(c->mailer_daemon, good[i]);
+        conf_free(c);
+    }
+    snprintf(want, sizeof want, "option 'MailerDaemon' expects an address "
+             "such as MAILER-DAEMON@mail.example.com");
+    for (i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        snprintf(text, sizeof text, LISTENER "MailerDaemon = \"%s\"\n",
+                 bad[i]);
+        one_error(text, 2, want);
+        conf_errors_fini(&test_errs);
+    }
+}
+
+
+static void
+error_domain_scopes(void **state)
+{
+    (void)state;
+    /* Duplicates, case-insensitively, reported where they repeat. */
+    load_errors(LISTENER
+                "Domain \"a.test\" { }\n"          /* 2 */
+                "Domain \"b.test\" { }\n"
+                "Domain \"A.Test\" { }\n"          /* 4 */
+                "Domain \"a.test\" { Retry_Interval = 0 }\n",
+                3);
+    expect_error(0, 4, "duplicate Domain 'a.test' (first on line 2)");
+    expect_error(1, 5, "option 'Retry_Interval' expects a duration from 1s "
+                 "to 1d (seconds, or a number with ms, s, m, h or d)");
+    expect_error(2, 5, "duplicate Domain 'a.test' (first on line 2)");
+    conf_errors_fini(&test_errs);
+
+    load_errors(LISTENER
+                "Domain \"a.test\" {\n"
+                "    Foo = 1\n"                    /* 3 */
+                "    Hostname = x.example\n"       /* 4 */
+                "    EHLO_Hostname = x.example\n"  /* 5 */
+                "    Domain \"b.test\" { }\n"      /* 6 */
+                "    Binding \"b\" { }\n"          /* 7 */
+                "}\n"
+                "Domain \"*.test\" { }\n"          /* 9 */
+                "Domain \"/test$/\" { }\n"         /* 10 */
+                "Domain \"a_b.test\" { }\n"        /* 11 */
+                "Domain { Retry_Interval = 1 }\n", /* 12 */
+                9);
+    expect_error(0, 3, "unknown option 'Foo'");
+    expect_error(1, 4, "option 'Hostname' is not allowed in Domain");
+    expect_error(2, 5, "option 'EHLO_Hostname' is not allowed in Domain");
+    expect_error(3, 6, "scope 'Domain' is not allowed in Domain");
+    expect_error(4, 7, "scope 'Binding' is not allowed in Domain");
+    expect_error(5, 9, "bad Domain name '*.test': wildcards are not "
+                 "supported; write one Domain per name");
+    expect_error(6, 10, "bad Domain name '/test$/': regex domains are not "
+                 "supported; write one Domain per name");
+    expect_error(7, 11, "bad Domain name 'a_b.test': expected a domain "
+                 "name such as example.com");
+    expect_error(8, 12, "scope 'Domain' needs a name, as in "
+                 "Domain \"example.com\" { }");
+}
+
+
+static void
+error_binding_scopes(void **state)
+{
+    (void)state;
+    load_errors(LISTENER
+                "Binding \"b1\" {\n"
+                "    Retry_Interval = 1m\n"            /* 3 */
+                "    Max_Retries = 2\n"                /* 4 */
+                "    Message_Expiration = 1h\n"        /* 5 */
+                "    Outbound_SMTP_Port = 26\n"        /* 6 */
+                "    Bind_Address = \"localhost\"\n"   /* 7 */
+                "    EHLO_Hostname = \"a b\"\n"        /* 8 */
+                "}\n"
+                "Binding \"b1\" { }\n"                 /* 10 */
+                "Binding \"B1\" { }\n"
+                "Binding \"x y\" { }\n"                /* 12 */
+                "Binding { }\n"                        /* 13 */
+                "Bind_Address = \"127.0.0.1\"\n",      /* 14 */
+                10);
+    expect_error(0, 3, "option 'Retry_Interval' is not allowed in Binding");
+    expect_error(1, 4, "option 'Max_Retries' is not allowed in Binding");
+    expect_error(2, 5, "option 'Message_Expiration' is not allowed in "
+                 "Binding");
+    expect_error(3, 6, "option 'Outbound_SMTP_Port' is not allowed in "
+                 "Binding");
+    expect_error(4, 7, "option 'Bind_Address' expects an IPv4 or IPv6 "
+                 "address such as 192.0.2.1 or 2001:db8::1");
+    expect_error(5, 8, "option 'EHLO_Hostname' expects a host name such as "
+                 "mail.example.com");
+    expect_error(6, 10, "duplicate Binding 'b1' (first on line 2)");
+    expect_error(7, 12, "bad Binding name 'x y': expected 1 to 255 "
+                 "characters without spaces or colons");
+    expect_error(8, 13, "scope 'Binding' needs a name, as in "
+                 "Binding \"name\" { }");
+    expect_error(9, 14, "option 'Bind_Address' is not allowed in the "
+                 "global scope");
+    conf_errors_fini(&test_errs);
+
+    load_errors(LISTENER "Binding \"default\" { }\n"
+                "Binding \"default\" { }\n", 1);
+    expect_error(0, 3, "duplicate Binding 'default' (first on line 2)");
+}
+
+
 /* --- the syntax alone: conf_parse_buf() ----------------------------- */
 
 
@@ -1109,6 +1811,20 @@ main(void)
         CASE(error_cap),
         CASE(error_unreadable),
         CASE(golden_files),
+        CASE(delivery_defaults),
+        CASE(delivery_options_with_units),
+        CASE(delivery_out_of_range),
+        CASE(gateway_forms),
+        CASE(error_bad_gateway),
+        CASE(error_bad_throttle),
+        CASE(domain_inheritance),
+        CASE(domain_many),
+        CASE(binding_lookup),
+        CASE(throttle_buckets),
+        CASE(nameservers),
+        CASE(mailer_daemon),
+        CASE(error_domain_scopes),
+        CASE(error_binding_scopes),
         CASE(parse_tree),
         CASE(parse_bad_bytes),
         CASE(parse_limits),
