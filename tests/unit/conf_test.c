@@ -232,6 +232,14 @@ default_conf_loads(void **state)
     assert_true(relay(c, "127.0.0.1"));
     assert_true(relay(c, "::1"));
     assert_false(relay(c, "192.0.2.1"));
+
+    /* Its outbound examples are commented out: built-in behaviour. */
+    assert_int_equal(c->domain_count, 0);
+    assert_int_equal(c->binding_count, 1);
+    assert_int_equal(conf_binding_default(c)->bind_address_len, 0);
+    assert_int_equal(c->nameserver_count, 0);
+    assert_null(c->domain_default.gateway.text);
+    assert_int_equal(c->domain_default.retry_interval_ms, 1200 * 1000);
     conf_free(c);
 }
 
