@@ -78,6 +78,7 @@ static const char piece_crlf[] = "\r\n";
 static const char piece_end[] = ".\r\n";
 
 
+/* smtp_client_state_name - a state's name, for logs */
 const char *
 smtp_client_state_name(enum smtp_client_state st)
 {
@@ -87,6 +88,7 @@ smtp_client_state_name(enum smtp_client_state st)
 }
 
 
+/* smtp_client_phase_name - a phase's name, for logs and results */
 const char *
 smtp_client_phase_name(enum smtp_client_phase ph)
 {
@@ -96,6 +98,7 @@ smtp_client_phase_name(enum smtp_client_phase ph)
 }
 
 
+/* smtp_client_outcome_name - an outcome's name, for the delivery log */
 const char *
 smtp_client_outcome_name(enum smtp_client_outcome o)
 {
@@ -446,7 +449,8 @@ pending_count(const struct smtp_client *c)
 /*
  * path_ok - may this address go between <> in a command? Control bytes
  * would let a broken spool record inject commands; the length is RFC
- * 5321's. Anything else is the server's to judge.
+ * 5321's. Anything else is the server's to judge. XXX: a non-ASCII
+ * address goes as it is; SMTPUTF8 (RFC 6531) is not spoken yet.
  */
 static int
 path_ok(const char *a, int empty_ok)
@@ -553,6 +557,7 @@ msg_done(struct smtp_client *c)
 }
 
 
+/* send_mail - MAIL FROM with the parameters the server offered */
 static void
 send_mail(struct smtp_client *c)
 {
@@ -563,11 +568,17 @@ send_mail(struct smtp_client *c)
         snprintf(size, sizeof size, " SIZE=%llu",
                  (unsigned long long)m->body_bytes);
     }
+    /*
+     * XXX: a body with 8-bit bytes goes as it is to a server without
+     * 8BITMIME (as Postfix does by default); RFC 6152 wants it converted
+     * to 7 bits or bounced. The spool does not say which bodies are 8-bit.
+     */
     cmd(c, "MAIL FROM:<%s>%s%s", m->sender, size,
         (c->ext & SMTP_CLIENT_EXT_8BITMIME) ? " BODY=8BITMIME" : "");
 }
 
 
+/* send_rcpt - RCPT TO for recipient i */
 static void
 send_rcpt(struct smtp_client *c, unsigned i)
 {
@@ -639,6 +650,7 @@ handshake_done(struct smtp_client *c)
 }
 
 
+/* on_greeting - 2xx: say EHLO; 4xx, 5xx: give up politely */
 static enum smtp_client_event
 on_greeting(struct smtp_client *c, struct smtp_client_result *r)
 {
@@ -658,6 +670,7 @@ on_greeting(struct smtp_client *c, struct smtp_client_result *r)
 }
 
 
+/* on_ehlo - 2xx: extensions noted, go; 5xx: try HELO */
 static enum smtp_client_event
 on_ehlo(struct smtp_client *c, struct smtp_client_result *r)
 {
@@ -679,6 +692,7 @@ on_ehlo(struct smtp_client *c, struct smtp_client_result *r)
 }
 
 
+/* on_helo - 2xx: go, without extensions; else give up */
 static enum smtp_client_event
 on_helo(struct smtp_client *c, struct smtp_client_result *r)
 {
@@ -694,6 +708,7 @@ on_helo(struct smtp_client *c, struct smtp_client_result *r)
 }
 
 
+/* on_rset - the leftover transaction is gone: MAIL */
 static enum smtp_client_event
 on_rset(struct smtp_client *c, struct smtp_client_result *r)
 {
@@ -718,6 +733,7 @@ on_rset(struct smtp_client *c, struct smtp_client_result *r)
 }
 
 
+/* on_mail - 2xx: recipients next; else all of them fail */
 static enum smtp_client_event
 on_mail(struct smtp_client *c, struct smtp_client_result *r)
 {
@@ -744,6 +760,7 @@ on_mail(struct smtp_client *c, struct smtp_client_result *r)
 }
 
 
+/* on_rcpt - one recipient's verdict, in the order sent */
 static enum smtp_client_event
 on_rcpt(struct smtp_client *c, struct smtp_client_result *r)
 {
@@ -782,6 +799,7 @@ on_rcpt(struct smtp_client *c, struct smtp_client_result *r)
 }
 
 
+/* on_data - 354: the body; else accepted ones get the reply */
 static enum smtp_client_event
 on_data(struct smtp_client *c, struct smtp_client_result *r)
 {
@@ -807,6 +825,7 @@ on_data(struct smtp_client *c, struct smtp_client_result *r)
 }
 
 
+/* on_body - the final reply decides every accepted recipient */
 static enum smtp_client_event
 on_body(struct smtp_client *c, struct smtp_client_result *r)
 {
@@ -1130,6 +1149,7 @@ reply_parse(struct smtp_client *c, const char *buf, size_t len, size_t *used)
 
 /* --- the interface ----------------------------------------------------- */
 
+/* smtp_client_init - a machine waiting for the greeting */
 void
 smtp_client_init(struct smtp_client *c, const struct smtp_client_limits *lim)
 {
@@ -1282,6 +1302,7 @@ smtp_client_eof(struct smtp_client *c)
 }
 
 
+/* smtp_client_fini - drop output not taken */
 void
 smtp_client_fini(struct smtp_client *c)
 {

@@ -40,8 +40,11 @@
  *     SMTP_CLIENT_EV_FLUSH         the output holds over SMTP_CLIENT_OUT_HIGH
  *                                  command bytes: write them before feeding
  *                                  the rest.
- *   The driver keeps unconsumed bytes and feeds them again after acting.
- *   After every call it takes the output and writes it in order.
+ *   The driver keeps unconsumed bytes and feeds them again after acting
+ *   (after MESSAGE_DONE, before it sends the next message, so a reply the
+ *   server sent ahead of any command is caught as one). After every call
+ *   it takes the output and writes all of it in order; the iovec count
+ *   may exceed IOV_MAX (one piece per stuffed dot or repaired line end).
  *
  *   smtp_client_send() starts a transaction: MAIL FROM (with SIZE=n when
  *   SIZE is offered and BODY=8BITMIME whenever 8BITMIME is offered, which

@@ -3,7 +3,9 @@
  *
  * A fake server is a script of canned replies fed through
  * smtp_client_feed(); a small driver (driver_next()) sends the queued
- * messages on READY and MESSAGE_DONE, as delivery.c will. Each case checks
+ * messages on READY and MESSAGE_DONE, as delivery.c will (though before
+ * feeding what is left over, so one script holds the replies to several
+ * messages; a real server cannot answer ahead). Each case checks
  * the exact bytes the client wrote and the per-recipient results. Where
  * it matters, the same script is also fed one byte at a time and must give
  * exactly the same bytes and results.
@@ -1095,6 +1097,23 @@ test_bad_addresses(void **state)
     take();
     assert_int_equal(H.sent_len, 0);
     check_result(0, 0, SMTP_CLIENT_FAILED, 501, "5.1.7");
+
+    /* Every recipient bad: decided at once, even before the greeting. */
+    msg_make(1, "a@b.test", BODY, "x\ty@d.test", NULL);
+    ev = smtp_client_send(&H.c, &H.msgs[1].m);
+    assert_int_equal(ev, SMTP_CLIENT_EV_MESSAGE_DONE);
+    check_result(1, 0, SMTP_CLIENT_FAILED, 501, "5.1.3");
+    harness_fini();
+
+    harness_init();
+    msg_make(0, "a@b.test", BODY, "x@d.test\n", NULL);
+    assert_int_equal(smtp_client_send(&H.c, &H.msgs[0].m),
+                     SMTP_CLIENT_EV_MESSAGE_DONE);
+    H.msg_next = 1;                         /* the driver is done with it */
+    assert_int_equal(smtp_client_phase(&H.c), SMTP_CLIENT_PHASE_GREETING);
+    server(GREETING EHLO_PIPE);
+    assert_int_equal(H.ready, 1);
+    assert_int_equal(H.c.stats.messages, 1);
     harness_fini();
 }
 
@@ -1171,6 +1190,103 @@ test_ext_off(void **state)
 
 
 static void
+test_ehlo_refused(void **state)
+{
+    harness_init();
+    msg_make(0, "a@b.test", BODY, "x@d.test", NULL);
+    driver_next();
+    server(GREETING "454 4.7.0 not now\r\n");
+    assert_string_equal(H.sent, "EHLO client.test\r\nQUIT\r\n");
+    assert_int_equal(H.closed, 1);
+    check_result(0, 0, SMTP_CLIENT_DEFERRED, 454, "4.7.0");
+    assert_int_equal(H.msgs[0].res[0].phase, SMTP_CLIENT_PHASE_EHLO);
+    harness_fini();
+
+    harness_init();
+    msg_make(0, "a@b.test", BODY, "x@d.test", NULL);
+    driver_next();
+    server(GREETING "500 no EHLO\r\n550 5.7.1 go away\r\n");
+    assert_string_equal(H.sent, "EHLO client.test\r\nHELO client.test\r\n"
+                                "QUIT\r\n");
+    check_result(0, 0, SMTP_CLIENT_FAILED, 550, "5.7.1");
+    harness_fini();
+}
+
+
+static void
+test_rset_refused(void **state)
+{
+    const struct smtp_client_result *r;
+
+    harness_init();
+    msg_make(0, "a@b.test", BODY, "x@d.test", NULL);
+    msg_make(1, "a@b.test", BODY, "y@d.test", NULL);
+    session_ready(EHLO_PLAIN);
+    server("250 Ok\r\n550 5.1.1 no\r\n");
+    sent_reset();
+    assert_int_equal(smtp_client_phase(&H.c), SMTP_CLIENT_PHASE_RSET);
+    server("502 5.5.1 no RSET for you\r\n");
+    assert_string_equal(H.sent, "QUIT\r\n");
+    assert_int_equal(H.closed, 1);
+    /* Not about the message: deferred whatever the code. */
+    r = &H.msgs[1].res[0];
+    check_result(1, 0, SMTP_CLIENT_DEFERRED, 421, "4.5.0");
+    assert_true(r->synthesized);
+    assert_string_equal(r->text, "RSET refused: 502 no RSET for you");
+    harness_fini();
+}
+
+
+/* odd_code_case - after before, reply is a protocol error */
+static void
+odd_code_case(const char *before, const char *reply, const char *why)
+{
+    harness_init();
+    msg_make(0, "a@b.test", BODY, "x@d.test", NULL);
+    driver_next();
+    server(before);
+    server(reply);
+    assert_int_equal(H.closed, 1);
+    assert_int_equal(H.c.stats.protocol_errors, 1);
+    assert_non_null(strstr(H.c.close_reason.text, why));
+    check_result(0, 0, SMTP_CLIENT_DEFERRED, 421, "4.4.0");
+    harness_fini();
+}
+
+
+static void
+test_unexpected_codes(void **state)
+{
+    odd_code_case("", "354 hi\r\n", "unexpected reply to the greeting");
+    odd_code_case(GREETING, "354 hi\r\n", "unexpected reply to EHLO");
+    odd_code_case(GREETING "500 no\r\n", "354 hi\r\n",
+                  "unexpected reply to HELO");
+    odd_code_case(GREETING EHLO_PIPE, "354 hi\r\n",
+                  "unexpected reply to MAIL");
+    odd_code_case(GREETING EHLO_PIPE "250 Ok\r\n250 Ok\r\n", "250 Ok\r\n",
+                  "unexpected reply to DATA");
+    odd_code_case(GREETING EHLO_PIPE "250 Ok\r\n250 Ok\r\n354 go\r\n",
+                  "354 again\r\n", "unexpected reply to the end of data");
+}
+
+
+static void
+test_bare_lf_replies(void **state)
+{
+    /* Lines ending in a bare LF, or a code alone, are read leniently. */
+    harness_init();
+    msg_make(0, "a@b.test", BODY, "x@d.test", NULL);
+    driver_next();
+    server("220 mx.test\n250-mx.test\n250 PIPELINING\n250\n250\r\n354\n"
+           "250 2.0.0 Ok\n");
+    assert_int_equal(H.done, 1);
+    check_result(0, 0, SMTP_CLIENT_DELIVERED, 250, "2.0.0");
+    assert_string_equal(H.msgs[0].res[0].text, "Ok");
+    harness_fini();
+}
+
+
+static void
 test_names(void **state)
 {
     unsigned i;
@@ -1226,6 +1342,10 @@ main(void)
         cmocka_unit_test(test_quit_while_busy),
         cmocka_unit_test(test_flush),
         cmocka_unit_test(test_ext_off),
+        cmocka_unit_test(test_ehlo_refused),
+        cmocka_unit_test(test_rset_refused),
+        cmocka_unit_test(test_unexpected_codes),
+        cmocka_unit_test(test_bare_lf_replies),
         cmocka_unit_test(test_names),
     };
 
