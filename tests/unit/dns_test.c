@@ -3,13 +3,15 @@
  * scripted UDP server that answers late, badly or not at all
  *
  * dnsmasq (/usr/sbin/dnsmasq) is started on a free 127.0.0.1 port with the
- * test zone below; the test exits 77 (skipped) when it is not installed.
+ * test zone below, under a guard process that stops it when the test ends
+ * or dies; the test exits 77 (skipped) when dnsmasq is not installed.
  * The scripted server ("fake") is a thread with a blocking socket, which
  * is fine in a test: the resolver under test runs on a real struct loop in
  * the main thread.
  */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
@@ -39,8 +41,14 @@
 static struct loop lp;
 /* File scope: a failed case's teardown still finds it, not a dead stack. */
 static struct dns d;
-static char dnsmasq_server[32];         /* "127.0.0.1:port" */
-static pid_t dnsmasq_pid;
+
+struct dnsmasq {
+    pid_t guard;                /* its parent, see dnsmasq_guard() */
+    int stop_fd;                /* close to stop */
+    char server[32];            /* "127.0.0.1:port" */
+};
+
+static struct dnsmasq zone;             /* the shared test zone */
 static char fake_server[32];
 static pthread_t fake_thread;
 static int fake_fd = -1;
@@ -436,102 +444,146 @@ dnsmasq_answers(unsigned port)
 }
 
 
+/* dnsmasq_exec - in the child: become dnsmasq serving the test zone */
+static void
+dnsmasq_exec(unsigned port)
+{
+    char port_arg[32];
+    const char *argv[] = {
+        DNSMASQ, "--keep-in-foreground", "--no-resolv", "--no-hosts",
+        port_arg, "--listen-address=127.0.0.1", "--bind-interfaces",
+        "--pid-file=", "--conf-file=/dev/null", "--log-facility=/dev/null",
+        "--local=/test/", "--local-ttl=1",
+        geteuid() == 0 ? "--user=root" : "--local=/unused/",
+        "--mx-host=mx.test,mx1.mx.test,10",
+        "--mx-host=mx.test,mx2.mx.test,20",
+        "--host-record=mx1.mx.test,127.0.0.11",
+        "--host-record=mx2.mx.test,127.0.0.12,fd00::12",
+        "--host-record=amx.test,127.0.0.13",
+        "--cname=alias.test,amx.test",
+        "--dns-rr=nullmx.test,15,000000",
+        "--txt-record=txt.test,hello",
+        "--mx-host=badmx.test,nohost.test,10",
+        "--mx-host=eq.test,e0.eq.test,5",
+        "--mx-host=eq.test,e1.eq.test,10",
+        "--mx-host=eq.test,e2.eq.test,10",
+        "--mx-host=eq.test,e3.eq.test,10",
+        "--mx-host=eq.test,e4.eq.test,10",
+        "--host-record=e0.eq.test,127.0.1.0",
+        "--host-record=e1.eq.test,127.0.1.1",
+        "--host-record=e2.eq.test,127.0.1.2",
+        "--host-record=e3.eq.test,127.0.1.3",
+        "--host-record=e4.eq.test,127.0.1.4",
+        "--host-record=gw.test,127.0.0.20",
+        /* More than 512 bytes: truncated, then asked over TCP. */
+        "--mx-host=big.test,mail-exchanger-number-00.big.test,1",
+        "--mx-host=big.test,mail-exchanger-number-01.big.test,2",
+        "--mx-host=big.test,mail-exchanger-number-02.big.test,3",
+        "--mx-host=big.test,mail-exchanger-number-03.big.test,4",
+        "--mx-host=big.test,mail-exchanger-number-04.big.test,5",
+        "--mx-host=big.test,mail-exchanger-number-05.big.test,6",
+        "--mx-host=big.test,mail-exchanger-number-06.big.test,7",
+        "--mx-host=big.test,mail-exchanger-number-07.big.test,8",
+        "--mx-host=big.test,mail-exchanger-number-08.big.test,9",
+        "--mx-host=big.test,mail-exchanger-number-09.big.test,10",
+        "--mx-host=big.test,mail-exchanger-number-10.big.test,11",
+        "--mx-host=big.test,mail-exchanger-number-11.big.test,12",
+        "--mx-host=big.test,mail-exchanger-number-12.big.test,13",
+        "--mx-host=big.test,mail-exchanger-number-13.big.test,14",
+        "--mx-host=big.test,mail-exchanger-number-14.big.test,15",
+        "--mx-host=big.test,mail-exchanger-number-15.big.test,16",
+        "--mx-host=big.test,mail-exchanger-number-16.big.test,17",
+        "--mx-host=big.test,mail-exchanger-number-17.big.test,18",
+        "--mx-host=big.test,mail-exchanger-number-18.big.test,19",
+        "--mx-host=big.test,mail-exchanger-number-19.big.test,20",
+        "--host-record=mail-exchanger-number-00.big.test,127.0.3.0",
+        "--host-record=mail-exchanger-number-01.big.test,127.0.3.1",
+        NULL,
+    };
+
+    snprintf(port_arg, sizeof port_arg, "--port=%u", port);
+    execv(DNSMASQ, (char *const *)argv);
+    _exit(127);
+}
+
+
+/*
+ * dnsmasq_guard - in the child: run dnsmasq until the test closes its end
+ * of the pipe, or dies. dnsmasq drops the parent-death signal when it
+ * changes user, so this process (which never execs) watches instead.
+ * Only async-signal-safe calls: the test has threads.
+ */
+static void
+dnsmasq_guard(int rfd, unsigned port)
+{
+    struct pollfd pfd;
+    pid_t pid;
+    int status;
+
+    if (dup2(rfd, 3) < 0)
+        _exit(1);
+    close_range(4, ~0U, 0);     /* no other guard's pipe held open */
+    pid = fork();
+    if (pid < 0)
+        _exit(1);
+    if (pid == 0) {
+        close(3);
+        dnsmasq_exec(port);
+    }
+    pfd.fd = 3;
+    pfd.events = POLLIN;
+    for (;;) {
+        if (waitpid(pid, &status, WNOHANG) == pid)
+            _exit(1);           /* could not bind, say */
+        if (poll(&pfd, 1, 100) > 0)
+            break;              /* EOF: stop */
+    }
+    kill(pid, SIGTERM);
+    waitpid(pid, &status, 0);
+    _exit(0);
+}
+
+
 /* dnsmasq_start - the test zone on a free port; retries a taken port */
-static pid_t
-dnsmasq_start(char server[32])
+static void
+dnsmasq_start(struct dnsmasq *m)
 {
     for (int attempt = 0; attempt < 5; attempt++) {
-        char port_arg[32], pid_arg[64];
         unsigned port;
-        int fd = bound_udp(&port), status;
-        pid_t pid;
+        int fd = bound_udp(&port), status, pipefd[2];
+        pid_t g;
 
         close(fd);              /* free now; dnsmasq binds it (or fails) */
-        snprintf(port_arg, sizeof port_arg, "--port=%u", port);
-        snprintf(pid_arg, sizeof pid_arg, "--pid-file=/tmp/dns_test.%d.pid",
-                 (int)getpid());
-        pid = fork();
-        assert_true(pid >= 0);
-        if (pid == 0) {
-            const char *argv[] = {
-                DNSMASQ, "--keep-in-foreground", "--no-resolv",
-                "--no-hosts", port_arg, "--listen-address=127.0.0.1",
-                "--bind-interfaces", pid_arg, "--conf-file=/dev/null",
-                "--log-facility=/dev/null", "--local=/test/",
-                "--local-ttl=1",
-                geteuid() == 0 ? "--user=root" : "--local=/unused/",
-                "--mx-host=mx.test,mx1.mx.test,10",
-                "--mx-host=mx.test,mx2.mx.test,20",
-                "--host-record=mx1.mx.test,127.0.0.11",
-                "--host-record=mx2.mx.test,127.0.0.12,fd00::12",
-                "--host-record=amx.test,127.0.0.13",
-                "--cname=alias.test,amx.test",
-                "--dns-rr=nullmx.test,15,000000",
-                "--txt-record=txt.test,hello",
-                "--mx-host=badmx.test,nohost.test,10",
-                "--mx-host=eq.test,e0.eq.test,5",
-                "--mx-host=eq.test,e1.eq.test,10",
-                "--mx-host=eq.test,e2.eq.test,10",
-                "--mx-host=eq.test,e3.eq.test,10",
-                "--mx-host=eq.test,e4.eq.test,10",
-                "--host-record=e0.eq.test,127.0.1.0",
-                "--host-record=e1.eq.test,127.0.1.1",
-                "--host-record=e2.eq.test,127.0.1.2",
-                "--host-record=e3.eq.test,127.0.1.3",
-                "--host-record=e4.eq.test,127.0.1.4",
-                "--host-record=gw.test,127.0.0.20",
-                /* More than 512 bytes: truncated, then asked over TCP. */
-                "--mx-host=big.test,mail-exchanger-number-00.big.test,1",
-                "--mx-host=big.test,mail-exchanger-number-01.big.test,2",
-                "--mx-host=big.test,mail-exchanger-number-02.big.test,3",
-                "--mx-host=big.test,mail-exchanger-number-03.big.test,4",
-                "--mx-host=big.test,mail-exchanger-number-04.big.test,5",
-                "--mx-host=big.test,mail-exchanger-number-05.big.test,6",
-                "--mx-host=big.test,mail-exchanger-number-06.big.test,7",
-                "--mx-host=big.test,mail-exchanger-number-07.big.test,8",
-                "--mx-host=big.test,mail-exchanger-number-08.big.test,9",
-                "--mx-host=big.test,mail-exchanger-number-09.big.test,10",
-                "--mx-host=big.test,mail-exchanger-number-10.big.test,11",
-                "--mx-host=big.test,mail-exchanger-number-11.big.test,12",
-                "--mx-host=big.test,mail-exchanger-number-12.big.test,13",
-                "--mx-host=big.test,mail-exchanger-number-13.big.test,14",
-                "--mx-host=big.test,mail-exchanger-number-14.big.test,15",
-                "--mx-host=big.test,mail-exchanger-number-15.big.test,16",
-                "--mx-host=big.test,mail-exchanger-number-16.big.test,17",
-                "--mx-host=big.test,mail-exchanger-number-17.big.test,18",
-                "--mx-host=big.test,mail-exchanger-number-18.big.test,19",
-                "--mx-host=big.test,mail-exchanger-number-19.big.test,20",
-                "--host-record=mail-exchanger-number-00.big.test,127.0.3.0",
-                "--host-record=mail-exchanger-number-01.big.test,127.0.3.1",
-                NULL,
-            };
-
-            execv(DNSMASQ, (char *const *)argv);
-            _exit(127);
-        }
+        assert_int_equal(pipe2(pipefd, O_CLOEXEC), 0);
+        g = fork();
+        assert_true(g >= 0);
+        if (g == 0)
+            dnsmasq_guard(pipefd[0], port);
+        close(pipefd[0]);
         for (int i = 0; i < 50; i++) {
-            if (waitpid(pid, &status, WNOHANG) == pid)
+            if (waitpid(g, &status, WNOHANG) == g)
                 break;          /* port taken, say: try another */
             if (dnsmasq_answers(port)) {
-                snprintf(server, 32, "127.0.0.1:%u", port);
-                return pid;
+                m->guard = g;
+                m->stop_fd = pipefd[1];
+                snprintf(m->server, sizeof m->server, "127.0.0.1:%u", port);
+                return;
             }
         }
-        kill(pid, SIGKILL);
-        waitpid(pid, &status, 0);
+        close(pipefd[1]);
+        waitpid(g, &status, 0);
     }
     fail_msg("dnsmasq did not start");
-    return -1;
 }
 
 
 static void
-dnsmasq_stop(pid_t pid)
+dnsmasq_stop(struct dnsmasq *m)
 {
     int status;
 
-    kill(pid, SIGTERM);
-    waitpid(pid, &status, 0);
+    close(m->stop_fd);
+    waitpid(m->guard, &status, 0);
 }
 
 /* ------------------------------------------------------------------ */
@@ -650,7 +702,7 @@ test_mx_two_hosts_sorted(void **state)
     static struct lookup l;
     char buf[64];
 
-    init_on(&d, dnsmasq_server, 1000);
+    init_on(&d, zone.server, 1000);
     resolve_mx_one(&d, "MX.Test.", &l);
     assert_int_equal(l.status, DNS_OK);
     assert_string_equal(dns_status_code(l.status), "2.0.0");
@@ -683,7 +735,7 @@ test_implicit_mx(void **state)
     static struct lookup l;
     char buf[64];
 
-    init_on(&d, dnsmasq_server, 1000);
+    init_on(&d, zone.server, 1000);
     resolve_mx_one(&d, "amx.test", &l);
     assert_int_equal(l.status, DNS_OK);
     assert_int_equal(l.res->implicit_mx, 1);
@@ -705,7 +757,7 @@ test_implicit_mx_through_cname(void **state)
     static struct lookup l;
     char buf[64];
 
-    init_on(&d, dnsmasq_server, 1000);
+    init_on(&d, zone.server, 1000);
     resolve_mx_one(&d, "alias.test", &l);
     assert_int_equal(l.status, DNS_OK);
     assert_int_equal(l.res->implicit_mx, 1);
@@ -723,7 +775,7 @@ test_nxdomain(void **state)
 {
     static struct lookup l;
 
-    init_on(&d, dnsmasq_server, 1000);
+    init_on(&d, zone.server, 1000);
     resolve_mx_one(&d, "nx.test", &l);
     assert_int_equal(l.status, DNS_NXDOMAIN);
     assert_string_equal(dns_status_code(l.status), "5.1.2");
@@ -738,7 +790,7 @@ test_no_mx_no_a(void **state)
 {
     static struct lookup l;
 
-    init_on(&d, dnsmasq_server, 1000);
+    init_on(&d, zone.server, 1000);
     resolve_mx_one(&d, "txt.test", &l);
     assert_int_equal(l.status, DNS_NO_MX_OR_A);
     assert_string_equal(dns_status_code(l.status), "5.4.4");
@@ -753,7 +805,7 @@ test_mx_host_without_address(void **state)
 {
     static struct lookup l;
 
-    init_on(&d, dnsmasq_server, 1000);
+    init_on(&d, zone.server, 1000);
     resolve_mx_one(&d, "badmx.test", &l);
     assert_int_equal(l.status, DNS_NO_MX_OR_A);
     assert_string_equal(l.why, "no MX host has an address");
@@ -767,7 +819,7 @@ test_truncated_answer_over_tcp(void **state)
 {
     static struct lookup l;
 
-    init_on(&d, dnsmasq_server, 1000);
+    init_on(&d, zone.server, 1000);
     resolve_mx_one(&d, "big.test", &l);
     assert_int_equal(l.status, DNS_OK);
     /* The ten best of twenty; the eight without address are left out. */
@@ -789,7 +841,7 @@ test_null_mx(void **state)
 {
     static struct lookup l;
 
-    init_on(&d, dnsmasq_server, 1000);
+    init_on(&d, zone.server, 1000);
     resolve_mx_one(&d, "nullmx.test", &l);
     assert_int_equal(l.status, DNS_NULL_MX);
     assert_string_equal(dns_status_code(l.status), "5.1.10");
@@ -809,7 +861,7 @@ test_invalid_domain(void **state)
     };
     static struct lookup l;
 
-    init_on(&d, dnsmasq_server, 1000);
+    init_on(&d, zone.server, 1000);
     for (size_t i = 0; i < ARRAY_SIZE(bad); i++) {
         resolve_mx_one(&d, bad[i], &l);
         assert_int_equal(l.status, DNS_NXDOMAIN);
@@ -826,7 +878,7 @@ test_resolve_a(void **state)
     static struct lookup l;
     char buf[64];
 
-    init_on(&d, dnsmasq_server, 1000);
+    init_on(&d, zone.server, 1000);
     resolve_a_one(&d, "gw.test", &l);
     assert_int_equal(l.status, DNS_OK);
     assert_int_equal(l.res->host_count, 1);
@@ -863,7 +915,7 @@ test_equal_preferences_shuffled(void **state)
     static struct lookup l;
     int first_seen[5] = { 0 };
 
-    init_on(&d, dnsmasq_server, 1000);
+    init_on(&d, zone.server, 1000);
     for (int i = 0; i < 60; i++) {
         resolve_mx_one(&d, "eq.test", &l);
         assert_int_equal(l.status, DNS_OK);
@@ -888,18 +940,18 @@ test_equal_preferences_shuffled(void **state)
 static void
 test_cache_hit(void **state)
 {
-    char server[32];
-    pid_t pid = dnsmasq_start(server);
+    static struct dnsmasq m;
     static struct lookup l;
     uint64_t queries;
 
-    init_on(&d, server, 200);
+    dnsmasq_start(&m);
+    init_on(&d, m.server, 200);
     resolve_mx_one(&d, "mx.test", &l);
     assert_int_equal(l.status, DNS_OK);
     dns_result_free(l.res);
     queries = d.stats.queries;
     assert_int_equal(queries, 5);       /* MX, then A + AAAA per host */
-    dnsmasq_stop(pid);
+    dnsmasq_stop(&m);
 
     resolve_mx_one(&d, "mx.test", &l);
     assert_int_equal(l.status, DNS_OK);
@@ -922,7 +974,7 @@ test_negative_cache(void **state)
 {
     static struct lookup l;
 
-    init_on(&d, dnsmasq_server, 1000);
+    init_on(&d, zone.server, 1000);
     resolve_mx_one(&d, "nx.test", &l);
     assert_int_equal(l.status, DNS_NXDOMAIN);
     resolve_mx_one(&d, "txt.test", &l);
@@ -947,7 +999,7 @@ test_negative_cache(void **state)
 static void
 test_ttl_expiry(void **state)
 {
-    const char *servers[1] = { dnsmasq_server };
+    const char *servers[1] = { zone.server };
     struct dns_opts o;
     static struct lookup l;
     uint64_t start;
@@ -982,7 +1034,7 @@ test_coalescing(void **state)
 {
     static struct lookup l[10];
 
-    init_on(&d, dnsmasq_server, 1000);
+    init_on(&d, zone.server, 1000);
     lookup_reset(l, 10);
     for (int i = 0; i < 10; i++)
         dns_resolve_mx(&d, "mx.test", &l[i].req, lookup_done);
@@ -1213,7 +1265,7 @@ test_odd_mx_sets(void **state)
 static void
 test_ipv4_only(void **state)
 {
-    const char *servers[1] = { dnsmasq_server };
+    const char *servers[1] = { zone.server };
     static struct lookup l;
     struct dns_opts o;
 
@@ -1272,7 +1324,7 @@ test_timer_moves_earlier(void **state)
 static void
 test_cache_bounded(void **state)
 {
-    const char *servers[1] = { dnsmasq_server };
+    const char *servers[1] = { zone.server };
     struct dns_opts o;
     static struct lookup l[3];
 
@@ -1374,7 +1426,7 @@ test_fini_from_callback(void **state)
     static struct lookup l[3];
 
     atomic_store(&fake_mode, FAKE_SILENT);
-    init_on(&d, dnsmasq_server, 1000);
+    init_on(&d, zone.server, 1000);
     lookup_reset(l, 3);
     /* mx.test answers; its callback shuts the resolver down. */
     dns_resolve_mx(&d, "mx.test", &l[0].req, lookup_done);
@@ -1499,7 +1551,7 @@ group_setup(void **state)
     signal(SIGPIPE, SIG_IGN);
     if (loop_init(&lp, 256, 4096) < 0)
         return -1;
-    dnsmasq_pid = dnsmasq_start(dnsmasq_server);
+    dnsmasq_start(&zone);
     fake_start();
     return 0;
 }
@@ -1509,7 +1561,7 @@ static int
 group_teardown(void **state)
 {
     fake_stop_thread();
-    dnsmasq_stop(dnsmasq_pid);
+    dnsmasq_stop(&zone);
     drain();
     loop_fini(&lp);
     return 0;
