@@ -592,7 +592,9 @@ dns_timer_sync_done(struct op *op, int res, uint32_t cqe_flags)
 /*
  * dns_timer_touch - c-ares' deadlines may have moved: look once per turn.
  * ares_timeout() walks every query in c-ares 1.18, so calling it after each
- * ares_query() would cost O(n^2) for a burst of lookups.
+ * ares_query() would cost O(n^2) for a burst of lookups. A deferred op on
+ * the timer rather than a before-wait hook: hooks cannot be removed, and
+ * after dns_fini() nothing in the loop may point at d.
  */
 static void
 dns_timer_touch(struct dns *d)
