@@ -133,7 +133,7 @@ loop_run_once(struct loop *lp, unsigned timeout_ms)
 {
     struct __kernel_timespec ts;
     struct io_uring_cqe *cqe = NULL;
-    unsigned i;
+    unsigned i, wait_nr;
     int rc;
 
     loop_run_deferred(lp);
@@ -150,12 +150,20 @@ loop_run_once(struct loop *lp, unsigned timeout_ms)
         return;
     }
 
-    ts.tv_sec = timeout_ms / 1000;
-    ts.tv_nsec = (long long)(timeout_ms % 1000) * 1000000;
-    rc = io_uring_submit_and_wait_timeout(&lp->ring, &cqe, 1, &ts, NULL);
+    if (lp->last_reaped >= LOOP_BATCH && timeout_ms > 0) {
+        ts.tv_sec = 0;
+        ts.tv_nsec = LOOP_BATCH_US * 1000;
+        wait_nr = LOOP_BATCH;
+    } else {
+        ts.tv_sec = timeout_ms / 1000;
+        ts.tv_nsec = (long long)(timeout_ms % 1000) * 1000000;
+        wait_nr = 1;
+    }
+    rc = io_uring_submit_and_wait_timeout(&lp->ring, &cqe, wait_nr, &ts,
+                                          NULL);
     if (rc < 0 && rc != -ETIME && rc != -EINTR && rc != -EBUSY)
         panic("io_uring_submit_and_wait_timeout: %s", strerror(-rc));
     lp->turns++;
-    loop_reap(lp);
+    lp->last_reaped = loop_reap(lp);
     loop_run_deferred(lp);
 }

@@ -18,10 +18,15 @@ void loop_stop(struct loop *lp);
  *   loop_sqe() returns a zeroed SQE already tagged with op; when the SQ is
  *   full it submits what is queued first, so it never fails.
  *
- *   loop_run_once() runs one turn: submit, wait for at least one completion
- *   (or timeout_ms), reap every CQE and call each op's done(), run deferred
- *   ops, then the before-wait hooks (group commit flushes, reply flushes).
- *   Completions never run from inside a submission.
+ *   loop_run_once() runs one turn: the before-wait hooks (group commit
+ *   flushes), submit, wait for at least one completion (or timeout_ms),
+ *   reap every CQE and call each op's done(), run deferred ops.
+ *   Completions never run from inside a submission. Under load (the last
+ *   turn reaped LOOP_BATCH or more CQEs) a turn waits for LOOP_BATCH
+ *   completions or LOOP_BATCH_US, whichever comes first: with
+ *   DEFER_TASKRUN the kernel then wakes the shard once per batch instead of
+ *   once per packet, and each wakeup is paid by whoever completed our work
+ *   (on loopback, the clients' CPUs).
  *
  *   loop_stop() (from a hook or a completion) makes the current and every
  *   later loop_run_once() return without sleeping (they still submit and
@@ -55,6 +60,8 @@ struct loop;
 typedef void loop_hook_fn(struct loop *lp, void *arg);
 
 #define LOOP_HOOKS_MAX 8
+#define LOOP_BATCH     8         /* completions a busy turn waits for */
+#define LOOP_BATCH_US  200       /* ... but never longer than this */
 
 struct loop {
     struct io_uring ring;
@@ -66,6 +73,7 @@ struct loop {
     } hooks[LOOP_HOOKS_MAX];
     unsigned hook_count;
     int stopped;                 /* loop_stop(): turns return at once */
+    unsigned last_reaped;        /* CQEs of the previous turn */
     uint64_t turns;
     uint64_t cqes;
 };
