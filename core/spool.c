@@ -81,7 +81,9 @@ struct spool_batch {
     unsigned char *buf;
     size_t len, cap;
     struct spool_msg *head, **tail;
-    unsigned count;
+    struct spool_mark *mark_head, **mark_tail;
+    unsigned count;              /* messages and marks: each has a done() */
+    unsigned mark_count;         /* of which marks */
     int to_next;                 /* encoded for the next segment */
     uint64_t off;                /* segment offset of buf[0] */
     uint32_t salt;
@@ -391,6 +393,21 @@ spool_done_list(struct spool_msg *m, int res)
 }
 
 
+/* spool_mark_done_list - run done(mk, res) for a detached list of marks */
+static void
+spool_mark_done_list(struct spool_mark *mk, int res)
+{
+    while (mk != NULL) {
+        /* done() may release mk: read the link first. */
+        struct spool_mark *next = mk->next;
+
+        mk->next = NULL;
+        mk->done(mk, res);
+        mk = next;
+    }
+}
+
+
 /* spool_queue_take - detach the whole queue */
 static struct spool_msg *
 spool_queue_take(struct spool *sp)
@@ -399,6 +416,18 @@ spool_queue_take(struct spool *sp)
 
     sp->queue_head = NULL;
     sp->queue_tail = &sp->queue_head;
+    return list;
+}
+
+
+/* spool_mark_queue_take - detach every queued mark */
+static struct spool_mark *
+spool_mark_queue_take(struct spool *sp)
+{
+    struct spool_mark *list = sp->mark_head;
+
+    sp->mark_head = NULL;
+    sp->mark_tail = &sp->mark_head;
     return list;
 }
 
@@ -880,15 +909,19 @@ spool_prep_settle(struct spool *sp, int err)
 }
 
 
-/* spool_batch_take - detach the messages of b and empty it */
+/* spool_batch_take - detach the messages and marks of b and empty it */
 static struct spool_msg *
-spool_batch_take(struct spool_batch *b)
+spool_batch_take(struct spool_batch *b, struct spool_mark **marks)
 {
     struct spool_msg *list = b->head;
 
+    *marks = b->mark_head;
     b->head = NULL;
     b->tail = &b->head;
+    b->mark_head = NULL;
+    b->mark_tail = &b->mark_head;
     b->count = 0;
+    b->mark_count = 0;
     b->len = 0;
     b->to_next = 0;
     if (b->cap > SPOOL_BATCH_KEEP_BYTES) {
@@ -905,6 +938,8 @@ static void
 spool_fail(struct spool *sp, int err, const char *what, uint64_t seq)
 {
     struct spool_prep *p = sp->prep;
+    struct spool_msg *msgs;
+    struct spool_mark *marks;
 
     ASSERT(err < 0);
     if (err == -ECANCELED)
@@ -920,8 +955,11 @@ spool_fail(struct spool *sp, int err, const char *what, uint64_t seq)
         spool_prep_drop(sp);
     else if (p->state != SPOOL_PREP_IDLE && !p->probe)
         p->discard = 1;
-    spool_done_list(spool_batch_take(sp->fill), err);
+    msgs = spool_batch_take(sp->fill, &marks);
+    spool_done_list(msgs, err);
+    spool_mark_done_list(marks, err);
     spool_done_list(spool_queue_take(sp), err);
+    spool_mark_done_list(spool_mark_queue_take(sp), err);
     spool_probe_arm(sp);
 }
 
@@ -932,6 +970,7 @@ spool_batch_done(struct spool_batch *b)
 {
     struct spool *sp = b->sp;
     struct spool_msg *list;
+    struct spool_mark *marks;
     int err = 0;
 
     ASSERT(sp->inflight == b);
@@ -951,11 +990,12 @@ spool_batch_done(struct spool_batch *b)
         sp->fdatasyncs++;
     sp->inflight = NULL;
     if (err == 0) {
-        sp->commits += b->count;
+        sp->commits += b->count - b->mark_count;
+        sp->marks += b->mark_count;
         sp->batches_done++;
         sp->bytes_written += b->len;
     }
-    list = spool_batch_take(b);
+    list = spool_batch_take(b, &marks);
     if (err != 0)
         spool_fail(sp, err, b->write_res < 0 ||
                    (uint64_t)b->write_res != b->len ? "writing" : "syncing",
@@ -963,6 +1003,7 @@ spool_batch_done(struct spool_batch *b)
     else if (sp->failed != 0)
         spool_seg_retire(sp);
     spool_done_list(list, err);
+    spool_mark_done_list(marks, err);
 }
 
 
@@ -1000,6 +1041,7 @@ spool_batch_new(struct spool *sp)
     b->cap = SPOOL_BATCH_INIT_BYTES;
     b->buf = spool_block_alloc(b->cap);
     b->tail = &b->head;
+    b->mark_tail = &b->mark_head;
     b->write_op.done = spool_batch_write_done;
     b->sync_op.done = spool_batch_sync_done;
     return b;
@@ -1014,13 +1056,73 @@ spool_batch_span(uint64_t len)
 }
 
 
+/* spool_batch_reserve - room in b for need more bytes and the final PAD */
+static void
+spool_batch_reserve(struct spool_batch *b, uint64_t need)
+{
+    uint64_t span = spool_batch_span(b->len + need);
+    unsigned char *buf;
+
+    if (span <= b->cap)
+        return;
+    /* No aligned realloc: copy. Only a big message gets here. */
+    b->cap = MAX(b->cap * 2, span);
+    buf = spool_block_alloc(b->cap);
+    memcpy(buf, b->buf, b->len);
+    free(b->buf);
+    b->buf = buf;
+}
+
+
+/* spool_mark_rec_bytes - batch bytes of mk: one DONE record per recipient */
+static uint64_t
+spool_mark_rec_bytes(const struct spool_mark *mk)
+{
+    uint64_t one = spool_rec_size(SPOOL_MARK_FIXED_BYTES +
+                                  spool_rec_str_size(strlen(mk->id)));
+
+    return one * (mk->rcpts != NULL ? mk->rcpt_count : 1);
+}
+
+
+/* spool_batch_add_mark - encode mk's DONE records at the end of b */
+static void
+spool_batch_add_mark(struct spool_batch *b, struct spool_mark *mk,
+                     uint64_t need)
+{
+    unsigned n = mk->rcpts != NULL ? mk->rcpt_count : 1, i;
+    uint64_t start = b->len;
+    struct spool_rec_hdr h;
+
+    spool_batch_reserve(b, need);
+    for (i = 0; i < n; i++) {
+        uint32_t rcpt = mk->rcpts != NULL ? mk->rcpts[i] : SPOOL_RCPT_ALL;
+        size_t size = spool_rec_mark_encode(b->buf + b->len, b->cap - b->len,
+                                            SPOOL_REC_DONE, mk->id, rcpt,
+                                            b->salt);
+
+        ASSERT(size > 0);
+        b->len += size;
+    }
+    ASSERT(b->len - start == need);
+    /* Read back what recovery will check. */
+    ASSERT(spool_rec_hdr_get(b->buf + start, b->salt, &h) == 0);
+    ASSERT(h.type == SPOOL_REC_DONE);
+    mk->next = NULL;
+    *b->mark_tail = mk;
+    b->mark_tail = &mk->next;
+    b->count++;
+    b->mark_count++;
+}
+
+
 /* spool_batch_add - encode m (MSG then END) at the end of b */
 static void
 spool_batch_add(struct spool_batch *b, struct spool_msg *m,
                 uint64_t meta_bytes, uint64_t need)
 {
     uint64_t payload_bytes = meta_bytes + m->body_bytes;
-    uint64_t msg_off = b->off + b->len, end_bytes, copied = 0, span;
+    uint64_t msg_off = b->off + b->len, end_bytes, copied = 0;
     size_t id_len = strlen(m->id);
     const char *peer = m->peer != NULL ? m->peer : "";
     unsigned char *rec, *p, *end_rec;
@@ -1029,17 +1131,7 @@ spool_batch_add(struct spool_batch *b, struct spool_msg *m,
     unsigned i;
 
     /* Room for the PAD that ends the batch, too. */
-    span = spool_batch_span(b->len + need);
-    if (span > b->cap) {
-        unsigned char *buf;
-
-        /* No aligned realloc: copy. Only a big message gets here. */
-        b->cap = MAX(b->cap * 2, span);
-        buf = spool_block_alloc(b->cap);
-        memcpy(buf, b->buf, b->len);
-        free(b->buf);
-        b->buf = buf;
-    }
+    spool_batch_reserve(b, need);
     rec = b->buf + b->len;
     p = rec + SPOOL_REC_HDR_BYTES;
     spool_rec_put64(p, (uint64_t)m->received_unix);
@@ -1120,6 +1212,7 @@ spool_fill(struct spool *sp)
 {
     struct spool_batch *b = sp->fill;
     struct spool_msg *m, *too_big = NULL, **too_big_tail = &too_big;
+    struct spool_mark *mk;
     uint64_t meta, need, limit;
 
     ASSERT(sp->failed == 0);
@@ -1146,6 +1239,25 @@ spool_fill(struct spool *sp)
     }
     if (sp->queue_head == NULL)
         sp->queue_tail = &sp->queue_head;
+    /*
+     * Marks follow: only committed messages are marked, so a mark never
+     * needs to come after a MSG of its own batch.
+     */
+    while ((mk = sp->mark_head) != NULL) {
+        need = spool_mark_rec_bytes(mk);
+        if (b->count == 0) {
+            spool_batch_target(sp, b, need);
+        } else {
+            limit = b->to_next ? sp->prep->want_bytes : sp->seg_bytes;
+            if (b->off + spool_batch_span(b->len + need) > limit ||
+                b->len + need > SPOOL_BATCH_SOFT_BYTES)
+                break;
+        }
+        sp->mark_head = mk->next;
+        spool_batch_add_mark(b, mk, need);
+    }
+    if (sp->mark_head == NULL)
+        sp->mark_tail = &sp->mark_head;
     spool_done_list(too_big, -EFBIG);
 }
 
@@ -1242,6 +1354,26 @@ spool_commit(struct spool *sp, struct spool_msg *m)
 }
 
 
+/* spool_mark - queue DONE records for the next group commit */
+void
+spool_mark(struct spool *sp, struct spool_mark *mk)
+{
+    unsigned i;
+
+    ASSERT(!sp->closing);
+    ASSERT(mk->done != NULL);
+    ASSERT(mk->id != NULL);
+    ASSERT(mk->id[0] != '\0');
+    ASSERT(strlen(mk->id) < SPOOL_ID_MAX);
+    ASSERT(mk->rcpts == NULL || mk->rcpt_count > 0);
+    for (i = 0; mk->rcpts != NULL && i < mk->rcpt_count; i++)
+        ASSERT(mk->rcpts[i] != SPOOL_RCPT_ALL);
+    mk->next = NULL;
+    *sp->mark_tail = mk;
+    sp->mark_tail = &mk->next;
+}
+
+
 /* spool_flush - before-wait hook: encode the queue, submit when free */
 void
 spool_flush(struct spool *sp)
@@ -1250,6 +1382,7 @@ spool_flush(struct spool *sp)
         return;
     if (sp->failed != 0) {
         spool_done_list(spool_queue_take(sp), sp->failed);
+        spool_mark_done_list(spool_mark_queue_take(sp), sp->failed);
         return;
     }
     spool_fill(sp);
@@ -1276,7 +1409,8 @@ spool_idle(const struct spool *sp)
 {
     enum spool_prep_state st = sp->prep->state;
 
-    return sp->queue_head == NULL && sp->fill->count == 0 &&
+    return sp->queue_head == NULL && sp->mark_head == NULL &&
+           sp->fill->count == 0 &&
            sp->inflight == NULL && sp->aux_pending == 0 &&
            (st == SPOOL_PREP_IDLE || st == SPOOL_PREP_READY);
 }
@@ -1976,6 +2110,7 @@ spool_open(struct spool *sp, struct loop *lp, const char *shard_dir,
     sp->dir_fd = -1;
     sp->seg_fd = -1;
     sp->queue_tail = &sp->queue_head;
+    sp->mark_tail = &sp->mark_head;
     sp->probe_op.done = spool_probe_done;
 
     if (mkdir(shard_dir, 0750) < 0 && errno != EEXIST) {

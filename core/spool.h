@@ -7,6 +7,7 @@
  *                   spool_recovered_fn *cb, void *cb_arg);
  *   void spool_next_id(struct spool *sp, char id[SPOOL_ID_MAX]);
  *   void spool_commit(struct spool *sp, struct spool_msg *m);
+ *   void spool_mark(struct spool *sp, struct spool_mark *mk);
  *   void spool_flush(struct spool *sp);
  *   int  spool_failed(const struct spool *sp);
  *   int  spool_idle(const struct spool *sp);
@@ -61,6 +62,15 @@
  *   tries a fresh segment; when one is written and synced, the spool works
  *   again. spool_failed() returns that -errno, 0 when working.
  *
+ *   spool_mark() queues DONE records for a committed message (one per
+ *   recipient index in mk->rcpts, or one for all of them when mk->rcpts is
+ *   NULL) for the same group commit as messages: they go in the next
+ *   batch, with the messages queued meanwhile, in the same RWF_DSYNC
+ *   write. mk->done(mk, res) runs exactly once, as m->done does: 0 when
+ *   the marks are durable (recovery will not report those recipients
+ *   again), -errno when they are not and never will be; the caller may
+ *   mark again later (a failed spool refuses until its probe succeeds).
+ *
  *   spool_flush() copies queued messages into the next batch buffer even
  *   while a batch is on the disk, so that batch goes out the moment the
  *   previous one completes; a message larger than 1 GiB fails with -EFBIG.
@@ -79,6 +89,7 @@
  * OWNERSHIP
  *   struct spool_msg and everything it points at belong to the caller (the
  *   session's transaction arena) and must stay valid until m->done runs.
+ *   So do struct spool_mark, its id and its rcpts array.
  *   The batch buffers are the spool's, reused from batch to batch.
  * THREADS
  *   Shard-local. spool_scan() is for tools, any thread.
@@ -116,6 +127,19 @@ struct spool_msg {
     spool_commit_fn *done;
     /* spool private */
     struct spool_msg *next;
+};
+
+struct spool_mark;
+typedef void spool_mark_fn(struct spool_mark *mk, int res);
+
+/* Recipients of a committed message to mark done, described by delivery. */
+struct spool_mark {
+    const char *id;              /* the message's id */
+    const uint32_t *rcpts;       /* recipient indices; NULL: all of them */
+    unsigned rcpt_count;         /* entries of rcpts (> 0 when not NULL) */
+    spool_mark_fn *done;
+    /* spool private */
+    struct spool_mark *next;
 };
 
 /* A committed, still live message as found by recovery or spool_scan(). */
@@ -161,6 +185,7 @@ struct spool {
     uint64_t id_nonce;           /* per process start: ids unique on restart */
     uint64_t id_counter;
     struct spool_msg *queue_head, **queue_tail;
+    struct spool_mark *mark_head, **mark_tail;
     struct spool_batch *inflight;     /* NULL when no batch is in flight */
     struct spool_batch *batches[2];
     int failed;                  /* -errno of the failure, 0 when working */
@@ -179,6 +204,7 @@ struct spool {
     unsigned aux_pending;        /* closes and unlinks in flight */
     /* statistics */
     uint64_t commits;
+    uint64_t marks;              /* spool_mark() calls made durable */
     uint64_t batches_done;
     uint64_t fdatasyncs;         /* durable syncs: RWF_DSYNC writes, or
                                     fdatasyncs in the fallback */
@@ -194,6 +220,7 @@ int spool_open(struct spool *sp, struct loop *lp, const char *shard_dir,
                spool_recovered_fn *cb, void *cb_arg);
 void spool_next_id(struct spool *sp, char id[SPOOL_ID_MAX]);
 void spool_commit(struct spool *sp, struct spool_msg *m);
+void spool_mark(struct spool *sp, struct spool_mark *mk);
 void spool_flush(struct spool *sp);
 int spool_failed(const struct spool *sp);
 int spool_idle(const struct spool *sp);

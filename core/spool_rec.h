@@ -59,8 +59,8 @@
  *   an intact END naming it. It stays live until DONE records (anywhere in
  *   the shard's log) cover every recipient.
  *
- *   spool_rec_mark_encode() builds a DONE or DEFER record (tests, and the
- *   delivery code later) and returns its size, or 0 when cap is too small.
+ *   spool_rec_mark_encode() builds a DONE or DEFER record (spool_mark(),
+ *   tests) and returns its size, or 0 when cap is too small.
  *
  *   spool_rec_pad_bytes() is the size of the PAD record that takes a write
  *   ending at segment offset end (8-aligned) to a block boundary: 0 when it

@@ -216,6 +216,41 @@ test_msg_make(struct fixture *fx, unsigned i, size_t body_len)
 }
 
 
+/* A spool_mark with the indices it names and what done() reported. */
+struct test_mark {
+    struct spool_mark mk;
+    uint32_t idx[TEST_RCPTS_MAX];
+    int done_calls;
+    int res;
+};
+
+
+static void
+test_mark_done(struct spool_mark *mk, int res)
+{
+    struct test_mark *t = container_of(mk, struct test_mark, mk);
+
+    t->done_calls++;
+    t->res = res;
+}
+
+
+/* test_mark_make - mark recipients idx[0..n) of t; n == 0: all of them */
+static void
+test_mark_make(struct test_mark *tm, const struct test_msg *t,
+               const uint32_t *idx, unsigned n)
+{
+    memset(tm, 0, sizeof *tm);
+    ASSERT(n <= TEST_RCPTS_MAX);
+    if (n > 0)
+        memcpy(tm->idx, idx, n * sizeof *idx);
+    tm->mk.id = t->id;
+    tm->mk.rcpts = n > 0 ? tm->idx : NULL;
+    tm->mk.rcpt_count = n;
+    tm->mk.done = test_mark_done;
+}
+
+
 static void
 test_msgs_free(struct test_msg **v, size_t n)
 {
@@ -1539,6 +1574,162 @@ test_write_failure(void **state)
 }
 
 
+/* Marks made by spool_mark() are durable and honoured by recovery. */
+static void
+test_marks_durable(void **state)
+{
+    struct fixture *fx = *state;
+    struct test_msg *v[4];
+    struct test_mark mk[4];
+    const struct found_copy *c;
+    static const uint32_t one[] = { 1 }, zero_two[] = { 0, 2 },
+                          zero[] = { 0 };
+    size_t i;
+
+    fx_open(fx, 1 << 20);
+    for (i = 0; i < ARRAY_SIZE(v); i++)
+        v[i] = test_msg_make(fx, (unsigned)i, 500);
+    assert_int_equal(v[2]->m.rcpt_count, 3);
+    fx_commit_all(fx, v, ARRAY_SIZE(v), 4);
+    test_mark_make(&mk[0], v[0], NULL, 0);
+    test_mark_make(&mk[1], v[1], one, 1);
+    test_mark_make(&mk[2], v[2], zero_two, 2);
+    for (i = 0; i < 3; i++)
+        spool_mark(&fx->sp, &mk[i].mk);
+    /* Nothing is acknowledged before the write. */
+    for (i = 0; i < 3; i++)
+        assert_int_equal(mk[i].done_calls, 0);
+    assert_false(spool_idle(&fx->sp));
+    fx_run_until_idle(fx);
+    for (i = 0; i < 3; i++) {
+        assert_int_equal(mk[i].done_calls, 1);
+        assert_int_equal(mk[i].res, 0);
+    }
+    assert_int_equal(fx->sp.marks, 3);
+    fx_close(fx);
+
+    fx_open(fx, 1 << 20);
+    assert_int_equal(fx->found.n, 3);
+    assert_null(found_get(&fx->found, v[0]->id));
+    c = found_get(&fx->found, v[1]->id);
+    assert_non_null(c);
+    assert_non_null(c->rcpt_done);
+    assert_int_equal(c->rcpt_done[0], 0);
+    assert_int_equal(c->rcpt_done[1], 1);
+    c = found_get(&fx->found, v[2]->id);
+    assert_non_null(c);
+    assert_non_null(c->rcpt_done);
+    assert_int_equal(c->rcpt_done[0], 1);
+    assert_int_equal(c->rcpt_done[1], 0);
+    assert_int_equal(c->rcpt_done[2], 1);
+    check_found(&fx->found, v[3]);
+    assert_null(found_get(&fx->found, v[3]->id)->rcpt_done);
+
+    /* The rest, from the new segment: only v[3] stays live. */
+    test_mark_make(&mk[0], v[1], zero, 1);
+    test_mark_make(&mk[1], v[2], one, 1);
+    spool_mark(&fx->sp, &mk[0].mk);
+    spool_mark(&fx->sp, &mk[1].mk);
+    fx_close(fx);
+    assert_int_equal(mk[0].res, 0);
+    assert_int_equal(mk[1].res, 0);
+    fx_open(fx, 1 << 20);
+    assert_int_equal(fx->found.n, 1);
+    check_found(&fx->found, v[3]);
+    test_msgs_free(v, ARRAY_SIZE(v));
+}
+
+
+/* Messages and marks queued in one turn share one durable write. */
+static void
+test_marks_mixed_batch(void **state)
+{
+    struct fixture *fx = *state;
+    struct test_msg *v[6];
+    struct test_mark mk[3];
+    uint64_t syncs;
+    size_t i;
+
+    fx_open(fx, 1 << 20);
+    for (i = 0; i < ARRAY_SIZE(v); i++)
+        v[i] = test_msg_make(fx, (unsigned)i, 700 + i);
+    fx_commit_all(fx, v, 3, 3);
+    syncs = fx->sp.fdatasyncs;
+    /* One turn: three new messages and marks for the three old ones. */
+    for (i = 0; i < 3; i++) {
+        spool_commit(&fx->sp, &v[3 + i]->m);
+        test_mark_make(&mk[i], v[i], NULL, 0);
+        spool_mark(&fx->sp, &mk[i].mk);
+    }
+    fx_run_until_idle(fx);
+    assert_int_equal(fx->sp.fdatasyncs, syncs + 1);
+    for (i = 0; i < 3; i++) {
+        assert_int_equal(v[3 + i]->done_calls, 1);
+        assert_int_equal(v[3 + i]->res, 0);
+        assert_int_equal(mk[i].done_calls, 1);
+        assert_int_equal(mk[i].res, 0);
+    }
+    assert_int_equal(fx->sp.commits, 6);
+    assert_int_equal(fx->sp.marks, 3);
+    fx_close(fx);
+
+    fx_open(fx, 1 << 20);
+    assert_int_equal(fx->found.n, 3);
+    for (i = 0; i < 3; i++) {
+        assert_null(found_get(&fx->found, v[i]->id));
+        check_found(&fx->found, v[3 + i]);
+    }
+    test_msgs_free(v, ARRAY_SIZE(v));
+}
+
+
+/* A failed spool refuses marks as it refuses messages, once each. */
+static void
+test_marks_refused_when_failed(void **state)
+{
+    struct fixture *fx = *state;
+    struct test_msg *v[2];
+    struct test_mark mk[2];
+    char path[512], name[64];
+    int ro;
+
+    fx_open(fx, 1 << 20);
+    v[0] = test_msg_make(fx, 0, 600);
+    v[1] = test_msg_make(fx, 1, 600);
+    fx_commit_all(fx, v, 2, 2);
+    snprintf(name, sizeof name, "seg-%016llx.log",
+             (unsigned long long)fx->sp.seg_seq);
+    fx_seg_path(fx, name, path, sizeof path);
+    ro = open(path, O_RDONLY | O_CLOEXEC);
+    assert_true(ro >= 0);
+    assert_true(dup2(ro, fx->sp.seg_fd) >= 0);
+    close(ro);
+    test_mark_make(&mk[0], v[0], NULL, 0);
+    spool_mark(&fx->sp, &mk[0].mk);
+    fx_run_until_idle(fx);
+    assert_int_equal(mk[0].done_calls, 1);
+    assert_int_equal(mk[0].res, -EBADF);
+    /* While failed, a mark fails at the next flush. */
+    test_mark_make(&mk[1], v[1], NULL, 0);
+    spool_mark(&fx->sp, &mk[1].mk);
+    fx_run_until_idle(fx);
+    assert_int_equal(mk[1].done_calls, 1);
+    assert_int_equal(mk[1].res, -EBADF);
+
+    /* Marked again once the spool works: durable. */
+    run_until_recovered(fx);
+    test_mark_make(&mk[0], v[0], NULL, 0);
+    spool_mark(&fx->sp, &mk[0].mk);
+    fx_run_until_idle(fx);
+    assert_int_equal(mk[0].res, 0);
+    fx_close(fx);
+    fx_open(fx, 1 << 20);
+    assert_int_equal(fx->found.n, 1);
+    check_found(&fx->found, v[1]);
+    test_msgs_free(v, ARRAY_SIZE(v));
+}
+
+
 static void
 test_enospc(void **state)
 {
@@ -1678,6 +1869,11 @@ main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_random_damage, setup, teardown),
         cmocka_unit_test_setup_teardown(test_done_record, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_marks_durable, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_marks_mixed_batch, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_marks_refused_when_failed,
+                                        setup, teardown),
         cmocka_unit_test_setup_teardown(test_big_message, setup, teardown),
         cmocka_unit_test_setup_teardown(test_big_message_grows_next, setup,
                                         teardown),
