@@ -21,7 +21,7 @@
  *   us buffer without bound.
  *
  *   A complete message goes to the spool; its 250 is written only in the
- *   commit's completion. Replies are sent with one send per batch of
+ *   commit's completion, which also hands a copy to delivery. Replies are sent with one send per batch of
  *   replies (s->out is taken whole); a new send starts when the last one
  *   completed, so a buffer is never touched while the kernel reads it.
  *
@@ -368,6 +368,8 @@ session_commit_done(struct spool_msg *m, int res)
     s->commit_busy = 0;
     if (res == 0) {
         sh->stats.messages_received++;
+        /* Copied: the transaction arena is reset once the 250 is out. */
+        delivery_accepted(&sh->dlv, m);
     } else {
         sh->stats.commit_failures++;
     }

@@ -1,16 +1,22 @@
 /*
  * shard - see shard.h
  *
- * The life of a shard thread: pin, create the ring, recover the spool,
- * register the provided buffers, arm accept on every listening socket, arm
- * the tick, then loop until DONE. Each turn's before-wait hook flushes the
- * spool's group commit and advances the shutdown state machine:
+ * The life of a shard thread: pin, create the ring, start delivery, recover
+ * the spool (into delivery's queue), register the provided buffers, arm
+ * accept on every listening socket, arm the tick, then loop until DONE.
+ * Each turn's before-wait hook runs delivery's scheduler, flushes the
+ * spool's group commit (messages and done-marks) and advances the
+ * shutdown state machine:
  *
- *   RUNNING --drain msg--> DRAINING --no greeted session, spool idle-->
- *   STOPPING (accepts cancelled) --no session at all, spool idle--> DONE
+ *   RUNNING --drain msg--> DRAINING --no greeted session, no delivery in
+ *   flight, spool idle--> STOPPING (accepts cancelled) --no session, no
+ *   outbound connection, spool and delivery log idle--> DONE
  *
+ * Draining starts no new delivery; a delivery in flight gets its reply
+ * and its done-marks, so a 250 is never left unmarked by a clean stop.
  * A spent drain budget (Shutdown_Timeout) or a stop message jumps to
- * STOPPING and closes every session that is not waiting for a commit.
+ * STOPPING, closes every session that is not waiting for a commit and
+ * every outbound connection (delivery_abort).
  */
 #include "shard.h"
 
@@ -70,13 +76,14 @@ shard_new_id(void *arg, char id[SMTP_ID_MAX])
 
 
 void
-shard_setup(struct shard *sh, unsigned id, int cpu, const struct conf *conf,
-            struct shard_listen *ls, size_t ls_count)
+shard_setup(struct shard *sh, unsigned id, unsigned shard_count, int cpu,
+            const struct conf *conf, struct shard_listen *ls, size_t ls_count)
 {
     size_t i;
 
     memset(sh, 0, sizeof *sh);
     sh->id = id;
+    sh->shard_count = shard_count;
     sh->cpu = cpu;
     sh->conf = conf;
     sh->listens = ls;
@@ -204,7 +211,9 @@ shard_tick_done(struct op *op, int res, uint32_t flags)
                   "sessions", sh->id, sh->sessions_active);
         shard_enter_stopping(sh);
         session_abort_all(sh);
+        delivery_abort(&sh->dlv);
     }
+    delivery_tick(&sh->dlv, now);
     /* Listeners whose accept ended on an error are re-armed here. */
     for (i = 0; i < sh->listen_count; i++) {
         if (!sh->listens[i].armed && sh->state <= SHARD_STATE_DRAINING)
@@ -242,11 +251,13 @@ shard_box_done(struct op *op, int res, uint32_t flags)
                 shard_set_state(sh, SHARD_STATE_DRAINING);
                 sh->drain_started_ms = now_ms();
                 session_drain_all(sh);
+                delivery_drain(&sh->dlv);
             }
             break;
         case XS_MAIN_SHARD_STOP:
             shard_enter_stopping(sh);
             session_abort_all(sh);
+            delivery_abort(&sh->dlv);
             break;
         default:
             panic("shard %u: unknown message kind %d", sh->id, m->kind);
@@ -263,12 +274,13 @@ shard_before_wait(struct loop *lp, void *arg)
     struct shard *sh = arg;
     size_t i;
 
+    delivery_flush(&sh->dlv);
     spool_flush(&sh->spool);
     if (sh->state == SHARD_STATE_DRAINING && sh->sessions_active == 0 &&
-        spool_idle(&sh->spool))
+        delivery_idle(&sh->dlv) && spool_idle(&sh->spool))
         shard_enter_stopping(sh);
     if (sh->state == SHARD_STATE_STOPPING && sh->sessions == 0 &&
-        spool_idle(&sh->spool)) {
+        delivery_idle(&sh->dlv) && spool_idle(&sh->spool)) {
         for (i = 0; i < sh->listen_count; i++) {
             if (sh->listens[i].armed)
                 return;
@@ -279,18 +291,21 @@ shard_before_wait(struct loop *lp, void *arg)
 }
 
 
+/* shard_recovered - spool_open() found a live message: queue it */
 static void
 shard_recovered(void *arg, const struct spool_found *f)
 {
-    /* Delivery (a later issue) re-queues these; today they are counted. */
-    (void)arg;
-    (void)f;
+    struct shard *sh = arg;
+
+    /* f->body is valid only during this call: delivery copies it. */
+    delivery_recovered(&sh->dlv, f);
 }
 
 
 static int
 shard_init(struct shard *sh)
 {
+    struct delivery_env env;
     cpu_set_t set;
     size_t i;
     int rc;
@@ -309,6 +324,16 @@ shard_init(struct shard *sh)
     }
     sh->ring_fd = sh->loop.ring.ring_fd;
     arena_pool_init(&sh->pool, SHARD_CHUNK_BYTES, SHARD_CHUNK_SPARE);
+    memset(&env, 0, sizeof env);
+    env.lp = &sh->loop;
+    env.sp = &sh->spool;
+    env.conf = sh->conf;
+    env.pool = &sh->pool;
+    env.shard_id = sh->id;
+    env.shard_count = sh->shard_count;
+    env.stats = &sh->stats.dlv;
+    delivery_init(&sh->dlv, &env);
+    sh->dlv_ok = 1;
     rc = spool_open(&sh->spool, &sh->loop, sh->spool_dir, sh->id,
                     sh->conf->spool_segment_size, shard_recovered, sh);
     if (rc < 0) {
@@ -349,7 +374,10 @@ shard_fini(struct shard *sh)
 {
     size_t i;
 
-    spool_close(&sh->spool);
+    if (sh->dlv_ok)
+        delivery_fini(&sh->dlv);
+    if (sh->spool.dir != NULL)
+        spool_close(&sh->spool);
     shard_bufs_fini(sh);
     loop_fini(&sh->loop);
     for (i = 0; i < sh->listen_count; i++)
@@ -383,6 +411,20 @@ shard_main(void *arg)
               (unsigned long long)sh->stats.sessions_accepted,
               (unsigned long long)sh->stats.messages_received,
               (unsigned long long)sh->spool.fdatasyncs);
+    log_panic("shard", "shard %u: delivery: %llu delivered, %llu deferred, "
+              "%llu bounced, %llu expired, %llu DSNs, %llu connections, "
+              "%llu messages left in the spool, duplicate window max %llu "
+              "(now %llu), %llu abandoned", sh->id,
+              (unsigned long long)sh->stats.dlv.delivered,
+              (unsigned long long)sh->stats.dlv.deferred,
+              (unsigned long long)sh->stats.dlv.bounced,
+              (unsigned long long)sh->stats.dlv.expired,
+              (unsigned long long)sh->stats.dlv.dsns,
+              (unsigned long long)sh->stats.dlv.connections,
+              (unsigned long long)sh->stats.dlv.messages_live,
+              (unsigned long long)sh->stats.dlv.dup_window_max,
+              (unsigned long long)sh->stats.dlv.dup_window,
+              (unsigned long long)sh->stats.dlv.abandoned);
     shard_fini(sh);
     return NULL;
 }

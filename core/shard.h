@@ -3,9 +3,9 @@
  *         and spool
  *
  * SYNOPSIS
- *   void shard_setup(struct shard *sh, unsigned id, int cpu,
- *                    const struct conf *conf, struct shard_listen *ls,
- *                    size_t ls_count);
+ *   void shard_setup(struct shard *sh, unsigned id, unsigned shard_count,
+ *                    int cpu, const struct conf *conf,
+ *                    struct shard_listen *ls, size_t ls_count);
  *   int  shard_start(struct shard *sh);
  *   int  shard_wait_started(struct shard *sh);
  *   void shard_drain_remote(struct shard *sh, struct xshard_sender *tx);
@@ -15,8 +15,9 @@
  *   shard_setup() fills the struct in the main thread; shard_start()
  *   creates the thread, which pins itself to cpu, creates its ring
  *   (SINGLE_ISSUER|DEFER_TASKRUN must be created by the thread that
- *   submits), recovers its spool, registers its provided-buffer ring, arms
- *   multishot accept on its listening sockets and runs its loop.
+ *   submits), starts its delivery side (delivery.h), recovers its spool
+ *   (live messages are queued for delivery), registers its provided-buffer
+ *   ring, arms multishot accept on its listening sockets and runs its loop.
  *   shard_wait_started() blocks the main thread until the shard serves (0)
  *   or failed to start (-errno).
  *
@@ -41,6 +42,7 @@
 
 #include "arena.h"
 #include "conf.h"
+#include "delivery.h"
 #include "loop.h"
 #include "smtp_server.h"
 #include "spool.h"
@@ -73,6 +75,7 @@ struct shard_stats {
     uint64_t messages_rejected;
     uint64_t commit_failures;
     uint64_t recv_bytes;
+    struct delivery_stats dlv;   /* outbound: delivery.h */
 };
 
 enum shard_state {
@@ -85,6 +88,7 @@ enum shard_state {
 
 struct shard {
     unsigned id;
+    unsigned shard_count;        /* shards in this process */
     int cpu;
     pthread_t thread;
     sem_t started;
@@ -96,6 +100,8 @@ struct shard {
     struct arena_pool pool;
     struct spool spool;
     char spool_dir[4096];
+    struct delivery dlv;
+    int dlv_ok;                  /* delivery_init() ran */
     struct smtp_limits limits;
 
     struct shard_listen *listens;
@@ -126,8 +132,8 @@ struct shard {
     struct shard_stats stats;
 };
 
-void shard_setup(struct shard *sh, unsigned id, int cpu,
-                 const struct conf *conf, struct shard_listen *ls,
+void shard_setup(struct shard *sh, unsigned id, unsigned shard_count,
+                 int cpu, const struct conf *conf, struct shard_listen *ls,
                  size_t ls_count);
 int shard_start(struct shard *sh);
 int shard_wait_started(struct shard *sh);
