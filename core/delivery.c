@@ -760,8 +760,23 @@ delivery_recovered(struct delivery *dl, const struct spool_found *f)
 static void
 dest_offer(struct delivery *dl, struct route_dest *rd)
 {
-    (void)dl;
-    (void)rd;
+    unsigned starts = 0;
+
+    ASSERT(rd != NULL);
+    /* Idle connections first: no handshake to pay. */
+    while (queue_dest_ready(rd->qd) > 0 && rd->idle != NULL &&
+           route_throttle_ok(dl, rd))
+        dlv_conn_wake(rd->idle);
+    /*
+     * One connection per ready item not already covered by one on its
+     * way up; those that come up find more and reuse themselves. A start
+     * can fail at once (and fail the items), hence the bound.
+     */
+    while (queue_dest_ready(rd->qd) > rd->conns_unready &&
+           rd->conns < rd->conns_max &&
+           dl->conn_count < DELIVERY_CONNS_MAX &&
+           route_throttle_ok(dl, rd) && starts++ < rd->conns_max)
+        dlv_conn_start(dl, rd);
 }
 
 
@@ -793,6 +808,7 @@ delivery_flush(struct delivery *dl)
 void
 delivery_tick(struct delivery *dl, uint64_t now)
 {
+    dlv_conn_timeouts(dl, now);
     queue_advance(&dl->q, now);
     /* Throttles refill with time: look again at least every tick. */
     dl->kick = 1;
@@ -804,7 +820,14 @@ delivery_tick(struct delivery *dl, uint64_t now)
 void
 delivery_drain(struct delivery *dl)
 {
+    struct dlv_conn *c = dl->conns, *next;
+
     dl->draining = 1;
+    while (c != NULL) {
+        next = c->next;
+        dlv_conn_drain(c);
+        c = next;
+    }
 }
 
 
@@ -812,7 +835,14 @@ delivery_drain(struct delivery *dl)
 void
 delivery_abort(struct delivery *dl)
 {
+    struct dlv_conn *c = dl->conns, *next;
+
     dl->draining = 1;
+    while (c != NULL) {
+        next = c->next;
+        dlv_conn_abort(c);
+        c = next;
+    }
 }
 
 

@@ -137,6 +137,7 @@ struct dlv_conn {
     unsigned next_hop : 1;       /* after closing, try the next hop */
     unsigned counted_ready : 1;  /* in rd->conns_ready */
     unsigned in_cb : 1;          /* inside a completion: no free */
+    struct msghdr send_msg;      /* the sendmsg in flight */
     struct dlv_out *out_head, *out_tail;
     char *pending;               /* unconsumed input, malloc */
     size_t pending_len, pending_cap;

@@ -154,6 +154,11 @@ def conf(shards=2, listeners=None, extra="", **opts):
         # Small segments: tests make many spools, and they are preallocated.
         ("Spool_Segment_Size", "4M"),
         ("Shutdown_Timeout", "20s"),
+        # Tests of acceptance look at the spool after the 250: their mail
+        # must stay there. Delivery goes to a closed port (refused at
+        # once, so deferred for Retry_Interval, 20 minutes by default).
+        # Delivery tests pass their own Gateway.
+        ("Gateway", '"127.0.0.1:1"'),
     ])
     for k, v in opts.items():
         base[k] = str(v)
