@@ -361,6 +361,13 @@ mark_done(struct spool_mark *smk, int res)
     }
     for (i = 0; i < mk->count; i++)
         mk->msg->rcpt_done[mk->idx[i]] = 1;
+    for (i = 0; i < mk->msg->rcpt_count; i++) {
+        if (!mk->msg->rcpt_done[i])
+            break;
+    }
+    /* Done for good: its segment may go once nothing else lives there. */
+    if (i == mk->msg->rcpt_count)
+        spool_release(dl->env.sp, mk->msg->seg_seq);
     mark_free(dl, mk);
 }
 
@@ -511,6 +518,7 @@ bounce_commit_done(struct spool_msg *sm, int res)
     dl->pending--;
     if (res == 0) {
         dl->env.stats->dsns++;
+        b->dsn->seg_seq = sm->seg_seq;
         items_make(dl, b->dsn);
         mark_start(dl, b->orig, b->idx, b->count, 0);
     } else {
@@ -729,6 +737,7 @@ delivery_accepted(struct delivery *dl, const struct spool_msg *sm)
 
     m->received_unix = sm->received_unix;
     m->received_ms = delivery_wall_ms();
+    m->seg_seq = sm->seg_seq;
     items_make(dl, m);
     delivery_msg_unref(dl, m);
 }
@@ -745,6 +754,7 @@ delivery_recovered(struct delivery *dl, const struct spool_found *f)
 
     m->received_unix = f->received_unix;
     m->received_ms = (uint64_t)f->received_unix * 1000;
+    m->seg_seq = f->segment_seq;
     for (i = 0; f->rcpt_done != NULL && i < f->rcpt_count; i++)
         m->rcpt_done[i] = f->rcpt_done[i];
     dl->env.stats->recovered++;

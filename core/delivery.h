@@ -44,7 +44,8 @@
  *          marked DONE and logged.
  *   A message is freed when nothing refers to it any more: no item, no
  *   mark or bounce in flight, no connection writing its body. When all its
- *   recipients are durably done, that is for good.
+ *   recipients are durably done, that is for good, and the spool hears so
+ *   (spool_release: its segment may be deleted).
  *
  *   delivery_tick() (the shard tick, 250 ms) makes deferred items due,
  *   refills throttles, times connections out and retries marks a failed
@@ -164,6 +165,7 @@ struct dlv_msg {
     uint64_t body_bytes;
     int64_t received_unix;
     uint64_t received_ms;        /* wall clock, for queue time and expiry */
+    uint64_t seg_seq;            /* its spool segment: spool_release() */
     unsigned refs;               /* items, marks, bounces, writes */
 };
 

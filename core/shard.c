@@ -407,10 +407,12 @@ shard_main(void *arg)
     while (ck_pr_load_int((int *)&sh->state) != SHARD_STATE_DONE)
         loop_run_once(&sh->loop, 1000);
     log_panic("shard", "shard %u: %s: %llu sessions, %llu messages, "
-              "%llu fdatasyncs", sh->id, shard_state_name(sh->state),
+              "%llu fdatasyncs, %llu segments reclaimed", sh->id,
+              shard_state_name(sh->state),
               (unsigned long long)sh->stats.sessions_accepted,
               (unsigned long long)sh->stats.messages_received,
-              (unsigned long long)sh->spool.fdatasyncs);
+              (unsigned long long)sh->spool.fdatasyncs,
+              (unsigned long long)sh->spool.segments_reclaimed);
     log_panic("shard", "shard %u: delivery: %llu delivered, %llu deferred, "
               "%llu bounced, %llu expired, %llu DSNs, %llu connections, "
               "%llu messages left in the spool, duplicate window max %llu "

@@ -85,6 +85,7 @@ struct spool_batch {
     unsigned count;              /* messages and marks: each has a done() */
     unsigned mark_count;         /* of which marks */
     int to_next;                 /* encoded for the next segment */
+    uint64_t seq;                /* of the segment it is encoded for */
     uint64_t off;                /* segment offset of buf[0] */
     uint32_t salt;
     unsigned pending;            /* CQEs still to come (write, fdatasync) */
@@ -790,6 +791,77 @@ spool_prep_start(struct spool *sp, uint64_t want_bytes, int probe)
 }
 
 
+/* spool_live_add - a segment on disk, newer than every one listed */
+static void
+spool_live_add(struct spool *sp, uint64_t seq, uint64_t live)
+{
+    if (sp->live_count > 0)
+        ASSERT(sp->live[sp->live_count - 1].seq < seq);
+    if (sp->live_count == sp->live_cap) {
+        sp->live_cap = sp->live_cap ? sp->live_cap * 2 : 16;
+        sp->live = xrealloc(sp->live, sp->live_cap * sizeof *sp->live);
+    }
+    sp->live[sp->live_count].seq = seq;
+    sp->live[sp->live_count].live = live;
+    sp->live_count++;
+}
+
+
+/* spool_live_find - the entry of segment seq (binary search) */
+static struct spool_live *
+spool_live_find(struct spool *sp, uint64_t seq)
+{
+    size_t lo = 0, hi = sp->live_count;
+
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+
+        if (sp->live[mid].seq < seq)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    ASSERT(lo < sp->live_count);
+    ASSERT(sp->live[lo].seq == seq);
+    return &sp->live[lo];
+}
+
+
+/* spool_reclaim - delete the oldest segments while nothing in them lives */
+static void
+spool_reclaim(struct spool *sp)
+{
+    char name[SPOOL_SEG_NAME_MAX];
+    size_t n = 0;
+
+    /* Oldest first: a segment's DONE records may name older messages. */
+    while (n < sp->live_count && sp->live[n].live == 0 &&
+           sp->live[n].seq != sp->seg_seq && !sp->closing) {
+        spool_seg_name(name, sp->live[n].seq);
+        spool_aux_unlink(sp, name);
+        sp->segments_reclaimed++;
+        n++;
+    }
+    if (n == 0)
+        return;
+    memmove(sp->live, sp->live + n, (sp->live_count - n) * sizeof *sp->live);
+    sp->live_count -= n;
+}
+
+
+/* spool_release - a message of segment seg_seq is done for good */
+void
+spool_release(struct spool *sp, uint64_t seg_seq)
+{
+    struct spool_live *l = spool_live_find(sp, seg_seq);
+
+    ASSERT(l->live > 0);
+    l->live--;
+    if (l->live == 0 && l == sp->live)
+        spool_reclaim(sp);
+}
+
+
 /* spool_seg_switch - the prepared segment becomes the current one */
 static void
 spool_seg_switch(struct spool *sp)
@@ -798,7 +870,6 @@ spool_seg_switch(struct spool *sp)
 
     ASSERT(p->state == SPOOL_PREP_READY);
     ASSERT(sp->inflight == NULL);
-    /* XXX: the old segment stays until delivery brings DONE and compaction. */
     if (sp->seg_fd >= 0)
         spool_aux_close(sp, sp->seg_fd);
     sp->seg_fd = p->fd;
@@ -806,9 +877,13 @@ spool_seg_switch(struct spool *sp)
     sp->seg_bytes = p->bytes;
     sp->seg_salt = p->salt;
     sp->seg_off = SPOOL_DATA_OFF;
+    spool_live_add(sp, sp->seg_seq, 0);
     p->fd = -1;
     p->state = SPOOL_PREP_IDLE;
     p->err = 0;
+    /* The old current one may have nothing left in it. */
+    if (!p->boot)
+        spool_reclaim(sp);
 }
 
 
@@ -992,6 +1067,8 @@ spool_batch_done(struct spool_batch *b)
     if (err == 0) {
         sp->commits += b->count - b->mark_count;
         sp->marks += b->mark_count;
+        if (b->count > b->mark_count)
+            spool_live_find(sp, b->seq)->live += b->count - b->mark_count;
         sp->batches_done++;
         sp->bytes_written += b->len;
     }
@@ -1172,6 +1249,7 @@ spool_batch_add(struct spool_batch *b, struct spool_msg *m,
     ASSERT(h.payload_bytes == payload_bytes);
 
     b->len += need;
+    m->seg_seq = b->seq;
     m->next = NULL;
     *b->tail = m;
     b->tail = &m->next;
@@ -1190,6 +1268,7 @@ spool_batch_target(struct spool *sp, struct spool_batch *b, uint64_t need)
     ASSERT(sp->seg_fd >= 0);
     if (sp->seg_off + spool_batch_span(need) <= sp->seg_bytes) {
         b->to_next = 0;
+        b->seq = sp->seg_seq;
         b->off = sp->seg_off;
         b->salt = sp->seg_salt;
         return;
@@ -1201,6 +1280,7 @@ spool_batch_target(struct spool *sp, struct spool_batch *b, uint64_t need)
     else
         p->want_bytes = MAX(p->want_bytes, want);
     b->to_next = 1;
+    b->seq = p->seq;
     b->off = SPOOL_DATA_OFF;
     b->salt = p->salt;
 }
@@ -1472,6 +1552,7 @@ struct spool_scan_seg {
     uint32_t salt;
     unsigned shard_id;
     int empty;                   /* header and zeros only: deletable */
+    uint64_t live;               /* live messages reported from it */
 };
 
 struct spool_scan_msg {
@@ -1965,10 +2046,12 @@ spool_scan_report(struct spool_scanner *sc, spool_recovered_fn *cb,
         f.body = (const char *)d.body;
         f.body_bytes = d.body_bytes;
         f.segment = sg->name;
+        f.segment_seq = sg->seq;
         f.offset = m->off;
         f.shard_id = sg->shard_id;
         f.rcpt_done = m->done;
         sc->st->live++;
+        sg->live++;
         sc->st->bytes += d.body_bytes;
         if (cb != NULL)
             cb(arg, &f);
@@ -1981,7 +2064,8 @@ spool_scan_report(struct spool_scanner *sc, spool_recovered_fn *cb,
 static int
 spool_scan_run(int dir_fd, unsigned shard_id, int repair,
                spool_recovered_fn *cb, void *arg,
-               struct spool_scan_stats *st, uint64_t *seq_max)
+               struct spool_scan_stats *st, uint64_t *seq_max,
+               struct spool *sp)
 {
     struct spool_scanner sc;
     size_t i;
@@ -2007,6 +2091,8 @@ spool_scan_run(int dir_fd, unsigned shard_id, int repair,
         for (i = 0; i < sc.seg_count; i++) {
             if (sc.segs[i].empty && sc.segs[i].seq != sc.seq_max)
                 (void)unlinkat(dir_fd, sc.segs[i].name, 0);
+            else if (sp != NULL)
+                spool_live_add(sp, sc.segs[i].seq, sc.segs[i].live);
         }
     }
     if (seq_max != NULL)
@@ -2056,7 +2142,7 @@ spool_scan(const char *shard_dir, spool_recovered_fn *cb, void *arg,
     dir_fd = open(shard_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (dir_fd < 0)
         return -errno;
-    rc = spool_scan_run(dir_fd, 0, 0, cb, arg, st, NULL);
+    rc = spool_scan_run(dir_fd, 0, 0, cb, arg, st, NULL, NULL);
     close(dir_fd);
     return rc;
 }
@@ -2081,6 +2167,9 @@ spool_mem_free(struct spool *sp)
         free(sp->prep);
     }
     free(sp->dir);
+    free(sp->live);
+    sp->live = NULL;
+    sp->live_count = sp->live_cap = 0;
     sp->prep = NULL;
     sp->fill = NULL;
     sp->dir = NULL;
@@ -2123,7 +2212,7 @@ spool_open(struct spool *sp, struct loop *lp, const char *shard_dir,
         goto fail;
     }
     rc = spool_scan_run(sp->dir_fd, shard_id, 1, cb, cb_arg, &sp->recovered,
-                        &sp->seg_seq_max);
+                        &sp->seg_seq_max, sp);
     if (rc < 0)
         goto fail;
 
@@ -2163,6 +2252,8 @@ spool_open(struct spool *sp, struct loop *lp, const char *shard_dir,
     }
     if (rc < 0)
         goto fail;
+    /* Segments whose messages were all done before the restart. */
+    spool_reclaim(sp);
     return 0;
 
 fail:

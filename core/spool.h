@@ -8,6 +8,7 @@
  *   void spool_next_id(struct spool *sp, char id[SPOOL_ID_MAX]);
  *   void spool_commit(struct spool *sp, struct spool_msg *m);
  *   void spool_mark(struct spool *sp, struct spool_mark *mk);
+ *   void spool_release(struct spool *sp, uint64_t seg_seq);
  *   void spool_flush(struct spool *sp);
  *   int  spool_failed(const struct spool *sp);
  *   int  spool_idle(const struct spool *sp);
@@ -71,6 +72,17 @@
  *   again), -errno when they are not and never will be; the caller may
  *   mark again later (a failed spool refuses until its probe succeeds).
  *
+ *   spool_release() says a message of segment seg_seq (m->seg_seq once
+ *   committed, f->segment_seq when recovered) is done for good: all its
+ *   recipients are durably marked. The spool counts committed, unreleased
+ *   messages per segment (recovery counts the live ones it reports) and
+ *   deletes segments (unlinkat on the ring) whose count is zero, oldest
+ *   first, never the current one. Oldest first matters: a segment also
+ *   holds DONE records for messages of older segments, so it may only go
+ *   once every older one has gone. XXX: one long-lived message holds back
+ *   every later segment; copying such messages forward (compaction) is
+ *   still to come.
+ *
  *   spool_flush() copies queued messages into the next batch buffer even
  *   while a batch is on the disk, so that batch goes out the moment the
  *   previous one completes; a message larger than 1 GiB fails with -EFBIG.
@@ -125,6 +137,8 @@ struct spool_msg {
     unsigned body_iov_count;
     uint64_t body_bytes;
     spool_commit_fn *done;
+    /* set by the spool: the segment holding it (valid in done(m, 0)) */
+    uint64_t seg_seq;
     /* spool private */
     struct spool_msg *next;
 };
@@ -153,6 +167,7 @@ struct spool_found {
     const char *body;            /* valid only during the callback */
     uint64_t body_bytes;
     const char *segment;         /* file name */
+    uint64_t segment_seq;        /* for spool_release() */
     uint64_t offset;             /* of the MSG record */
     unsigned shard_id;           /* from the segment header */
     const unsigned char *rcpt_done;  /* [rcpt_count], 1 = a DONE covers
@@ -172,6 +187,12 @@ struct spool_scan_stats {
 
 struct spool_batch;
 struct spool_prep;
+
+/* A segment and its committed messages not yet released. */
+struct spool_live {
+    uint64_t seq;
+    uint64_t live;
+};
 
 struct spool {
     struct loop *lp;
@@ -202,6 +223,8 @@ struct spool {
     struct spool_batch *fill;    /* the batch being encoded, not in flight */
     struct spool_prep *prep;     /* the next segment, made on the ring */
     unsigned aux_pending;        /* closes and unlinks in flight */
+    struct spool_live *live;     /* every segment on disk, oldest first */
+    size_t live_count, live_cap;
     /* statistics */
     uint64_t commits;
     uint64_t marks;              /* spool_mark() calls made durable */
@@ -209,6 +232,7 @@ struct spool {
     uint64_t fdatasyncs;         /* durable syncs: RWF_DSYNC writes, or
                                     fdatasyncs in the fallback */
     uint64_t bytes_written;      /* padding included */
+    uint64_t segments_reclaimed; /* deleted once all their mail was done */
     struct spool_scan_stats recovered;
 };
 
@@ -221,6 +245,7 @@ int spool_open(struct spool *sp, struct loop *lp, const char *shard_dir,
 void spool_next_id(struct spool *sp, char id[SPOOL_ID_MAX]);
 void spool_commit(struct spool *sp, struct spool_msg *m);
 void spool_mark(struct spool *sp, struct spool_mark *mk);
+void spool_release(struct spool *sp, uint64_t seg_seq);
 void spool_flush(struct spool *sp);
 int spool_failed(const struct spool *sp);
 int spool_idle(const struct spool *sp);

@@ -491,6 +491,31 @@ class DeliveryTest(h.DaemonTest):
         self.assertEqual(nx[0]["enhanced"], "5.1.2")
         self.wait_spool_empty(d)
 
+    def test_done_segments_deleted(self):
+        sink = self.ringsink()
+        d = self.daemon(sink.port, Spool_Segment_Size="1M")
+        sent = self.send(d, n=300, size=3000)
+        toks = {tok for tok, _, _ in sent}
+        wait_until(lambda: toks <= set(sink.tokens()), h.t(40),
+                   "every message at the sink")
+        self.wait_spool_empty(d)
+
+        def segments():
+            n = 0
+            for sh in os.listdir(d.spool_base):
+                n += len([f for f in os.listdir(os.path.join(d.spool_base,
+                                                             sh))
+                          if f.startswith("seg-")])
+            return n
+        # Each message and each mark batch takes a 4 KiB block: 300 of
+        # them fill several 1 MiB segments; done ones are deleted, leaving
+        # per shard the current one and perhaps the next, made ahead.
+        wait_until(lambda: segments() <= 2 * d.shards, h.t(10),
+                   "done segments deleted (%d left)" % segments())
+        d.stop_clean()
+        self.assertEqual(sink.stop()["duplicate_tokens"], 0)
+        self.assertRegex(d.stderr(), r"[1-9]\d* segments reclaimed")
+
     def test_restart_delivers_pending_once(self):
         port = free_port()
         d = self.daemon(port)

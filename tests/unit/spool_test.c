@@ -1730,6 +1730,132 @@ test_marks_refused_when_failed(void **state)
 }
 
 
+/* seg_file_exists - is segment seq still on disk? */
+static int
+seg_file_exists(const struct fixture *fx, uint64_t seq)
+{
+    char name[64], path[512];
+
+    snprintf(name, sizeof name, "seg-%016llx.log", (unsigned long long)seq);
+    fx_seg_path(fx, name, path, sizeof path);
+    return access(path, F_OK) == 0;
+}
+
+
+/* mark_all_release - mark v[i] done, wait, release its segment */
+static void
+mark_all_release(struct fixture *fx, struct test_msg **v, size_t n)
+{
+    struct test_mark *mk = xcalloc(n, sizeof *mk);
+    size_t i;
+
+    for (i = 0; i < n; i++) {
+        test_mark_make(&mk[i], v[i], NULL, 0);
+        spool_mark(&fx->sp, &mk[i].mk);
+    }
+    fx_run_until_idle(fx);
+    for (i = 0; i < n; i++) {
+        assert_int_equal(mk[i].res, 0);
+        spool_release(&fx->sp, v[i]->m.seg_seq);
+    }
+    fx_run_until_idle(fx);
+    free(mk);
+}
+
+
+/* Segments go once all their messages are released, oldest first. */
+static void
+test_segments_reclaimed(void **state)
+{
+    struct fixture *fx = *state;
+    enum { N = 120 };
+    struct test_msg **v = xcalloc(N, sizeof *v), **a, **b;
+    uint64_t s0, s1;
+    size_t i, na = 0, nb = 0, segs;
+
+    fx_open(fx, 64 << 10);
+    for (i = 0; i < N; i++)
+        v[i] = test_msg_make(fx, (unsigned)i, 1500);
+    fx_commit_all(fx, v, N, 10);
+    s0 = v[0]->m.seg_seq;
+    assert_true(v[N - 1]->m.seg_seq >= s0 + 2);
+    s1 = s0 + 1;
+    a = xcalloc(N, sizeof *a);
+    b = xcalloc(N, sizeof *b);
+    for (i = 0; i < N; i++) {
+        if (v[i]->m.seg_seq == s0)
+            a[na++] = v[i];
+        else if (v[i]->m.seg_seq == s1)
+            b[nb++] = v[i];
+    }
+    assert_true(na >= 2);
+    assert_true(nb >= 1);
+    segs = count_segments(fx->shard);
+
+    /* All of s1 and all but one of s0: s0 holds s1 back. */
+    mark_all_release(fx, b, nb);
+    mark_all_release(fx, a, na - 1);
+    assert_true(seg_file_exists(fx, s0));
+    assert_true(seg_file_exists(fx, s1));
+    assert_int_equal(fx->sp.segments_reclaimed, 0);
+
+    /* The last one of s0: both go, on the ring. */
+    mark_all_release(fx, a + na - 1, 1);
+    assert_false(seg_file_exists(fx, s0));
+    assert_false(seg_file_exists(fx, s1));
+    assert_int_equal(fx->sp.segments_reclaimed, 2);
+    assert_int_equal(count_segments(fx->shard), segs - 2);
+    fx_close(fx);
+
+    /* What is left recovers whole; the rest is gone for good. */
+    fx_open(fx, 64 << 10);
+    assert_int_equal(fx->found.n, N - na - nb);
+    for (i = 0; i < N; i++) {
+        if (v[i]->m.seg_seq > s1)
+            check_found(&fx->found, v[i]);
+        else
+            assert_null(found_get(&fx->found, v[i]->id));
+    }
+    free(a);
+    free(b);
+    test_msgs_free(v, N);
+    free(v);
+}
+
+
+/* At open, the oldest segments with nothing live go at once. */
+static void
+test_segments_reclaimed_at_open(void **state)
+{
+    struct fixture *fx = *state;
+    struct test_msg *v[2];
+    struct test_mark mk[1];
+    uint64_t s0;
+
+    fx_open(fx, 1 << 20);
+    v[0] = test_msg_make(fx, 0, 500);
+    v[1] = test_msg_make(fx, 1, 500);
+    fx_commit_all(fx, v, 1, 1);
+    s0 = v[0]->m.seg_seq;
+    test_mark_make(&mk[0], v[0], NULL, 0);
+    spool_mark(&fx->sp, &mk[0].mk);
+    fx_close(fx);
+    assert_true(seg_file_exists(fx, s0));
+
+    /* Reopened: s0 has nothing live; the new segment takes v[1]. */
+    fx_open(fx, 1 << 20);
+    assert_int_equal(fx->found.n, 0);
+    fx_run_until_idle(fx);
+    assert_false(seg_file_exists(fx, s0));
+    fx_commit_all(fx, v + 1, 1, 1);
+    fx_close(fx);
+    fx_open(fx, 1 << 20);
+    assert_int_equal(fx->found.n, 1);
+    check_found(&fx->found, v[1]);
+    test_msgs_free(v, 2);
+}
+
+
 static void
 test_enospc(void **state)
 {
@@ -1873,6 +1999,10 @@ main(void)
         cmocka_unit_test_setup_teardown(test_marks_mixed_batch, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_marks_refused_when_failed,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_segments_reclaimed, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_segments_reclaimed_at_open,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_big_message, setup, teardown),
         cmocka_unit_test_setup_teardown(test_big_message_grows_next, setup,
