@@ -846,8 +846,16 @@ void
 delivery_abort(struct delivery *dl)
 {
     struct dlv_conn *c = dl->conns, *next;
+    struct dlv_mark *mk, *mnext;
 
     dl->draining = 1;
+    /* Marks a failed spool refused: their recipients may go out again. */
+    for (mk = dl->retry; mk != NULL; mk = mnext) {
+        mnext = mk->next;
+        dl->env.stats->abandoned += mk->dup;
+        mark_free(dl, mk);
+    }
+    dl->retry = NULL;
     while (c != NULL) {
         next = c->next;
         dlv_conn_abort(c);
@@ -856,11 +864,15 @@ delivery_abort(struct delivery *dl)
 }
 
 
-/* delivery_idle - nothing in flight: no connection, mark or DSN commit */
+/*
+ * delivery_idle - nothing in flight: no connection, no mark or DSN commit,
+ * no refused mark waiting for the spool to recover (a drain waits for it
+ * until its budget is spent), the delivery log written.
+ */
 int
 delivery_idle(const struct delivery *dl)
 {
-    return dl->conns == NULL && dl->pending == 0 &&
+    return dl->conns == NULL && dl->pending == 0 && dl->retry == NULL &&
            (!dl->log_ok || delivery_log_idle(&dl->log));
 }
 

@@ -516,6 +516,41 @@ class DeliveryTest(h.DaemonTest):
         self.assertEqual(sink.stop()["duplicate_tokens"], 0)
         self.assertRegex(d.stderr(), r"[1-9]\d* segments reclaimed")
 
+    def test_binding_source_address(self):
+        sink = self.ringsink()
+        text = h.conf(Gateway='"127.0.0.1:%d"' % sink.port,
+                      Retry_Interval="1s",
+                      extra='Binding "default" {\n'
+                            '  Bind_Address = "127.0.0.2"\n'
+                            '  EHLO_Hostname = "out.test"\n}\n')
+        d = self.start_daemon(text)
+        [(tok, _, _)] = self.send(d)
+        wait_until(lambda: tok in sink.tokens(), h.t(20), "the delivery")
+        d.stop_clean()
+        sink.stop()
+        with open(sink.rec) as f:
+            peers = [l.split()[1] for l in f if tok in l]
+        self.assertEqual(len(peers), 1)
+        self.assertTrue(peers[0].startswith("127.0.0.2:"), peers)
+
+    def test_drain_budget_abandons_counted(self):
+        # The sink sits on its reply longer than the drain budget: the
+        # delivery is abandoned (counted), the message stays in the spool
+        # and goes out again after the restart: the one allowed duplicate.
+        sink = self.ringsink(["--latency", "8000"])
+        d = self.daemon(sink.port, Shutdown_Timeout="1s")
+        [(tok, _, _)] = self.send(d)
+        time.sleep(0.5)
+        start = time.monotonic()
+        d.stop_clean()
+        self.assertLess(time.monotonic() - start, h.t(6))
+        self.assertRegex(d.stderr(), r"[1-9]\d* abandoned")
+        self.assertEqual(len(d.spool(body=False)), 1)
+        d.start()
+        self.wait_spool_empty(d, h.t(30))
+        d.stop_clean()
+        self.assertEqual(sink.stop()["accepted"], 2)
+
     def test_restart_delivers_pending_once(self):
         port = free_port()
         d = self.daemon(port)
