@@ -21,9 +21,10 @@
  *   us buffer without bound.
  *
  *   A complete message goes to the spool; its 250 is written only in the
- *   commit's completion, which also hands a copy to delivery. Replies are sent with one send per batch of
- *   replies (s->out is taken whole); a new send starts when the last one
- *   completed, so a buffer is never touched while the kernel reads it.
+ *   commit's completion, which also hands a copy to delivery. Replies are
+ *   sent with one send per batch of replies (s->out is taken whole); a new
+ *   send starts when the last one completed, so a buffer is never touched
+ *   while the kernel reads it.
  *
  *   A session is freed when it is closing and has nothing in flight (recv,
  *   send, cancel, commit): s->inflight counts them, and every entry point
