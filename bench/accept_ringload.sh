@@ -13,7 +13,7 @@ for round in 1 2 3; do
       smtp-sink -u nobody 127.0.0.1:$PORT 4096 & SP=$!; sleep 0.3
     else
       sh=${target#ringmail}
-      printf 'Spool_Base = "%s/spool"\nPaniclog = "%s/log/paniclog"\nShards = %s\nMax_Connections = 20000\nESMTP_Listener { Listen "127.0.0.1:0" { } Relay_Hosts = ( "127.0.0.0/8" ) }\n' $W $W $sh > $W/r.conf
+      printf 'Spool_Base = "%s/spool"\nPaniclog = "%s/log/paniclog"\nShards = %s\nMax_Connections = 20000\nGateway = \"127.0.0.1:1\"\nRetry_Interval = 1h\nESMTP_Listener { Listen "127.0.0.1:0" { } Relay_Hosts = ( "127.0.0.0/8" ) }\n' $W $W $sh > $W/r.conf
       $B/ringmaild -c $W/r.conf 2>$W/err & SP=$!
       for i in $(seq 50); do grep -q ready $W/err 2>/dev/null && break; sleep 0.1; done
       PORT=$(grep -o 'listening on 127.0.0.1:[0-9]*' $W/err | cut -d: -f2)

@@ -275,6 +275,11 @@ Shards = {shards}
 Hostname = "bench.test"
 Max_Connections = 20000
 Idle_Timeout = 600s
+# Acceptance only: deliveries go to a closed port and are deferred, so the
+# spool check can count every accepted message (nothing is delivered or
+# bounced during the run). Retry_Interval keeps retries out of the way.
+Gateway = "127.0.0.1:1"
+Retry_Interval = 1h
 ESMTP_Listener {{
   Listen "127.0.0.1:0" {{ }}
   Relay_Hosts = ( "127.0.0.0/8" )

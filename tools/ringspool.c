@@ -37,14 +37,26 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "spool.h"
 
 struct ringspool {
     int json;
     int body;
+    FILE *out;                   /* this scan attempt's lines */
     struct spool_scan_stats total;
 };
+
+/*
+ * A scan of a live spool can meet a batch while the daemon writes it and
+ * take the half-written blocks for corruption. Such a reading does not
+ * repeat; real corruption does. So a shard that shows corruption is scanned
+ * again, up to RINGSPOOL_SCAN_TRIES times RINGSPOOL_SCAN_PAUSE_US apart,
+ * and the first clean scan (or the last one) is what is printed.
+ */
+#define RINGSPOOL_SCAN_TRIES    5
+#define RINGSPOOL_SCAN_PAUSE_US 50000
 
 
 /* ringspool_utf8_len - length of the valid UTF-8 sequence at p, or 0 */
@@ -128,32 +140,33 @@ ringspool_print(void *arg, const struct spool_found *f)
     unsigned i;
 
     if (!rs->json) {
-        printf("%s %u %s %u %" PRIu64 "\n", f->id, f->shard_id,
+        fprintf(rs->out, "%s %u %s %u %" PRIu64 "\n", f->id, f->shard_id,
                f->sender[0] != '\0' ? f->sender : "<>", f->rcpt_count,
                f->body_bytes);
         return;
     }
-    fputs("{\"id\":", stdout);
-    ringspool_json_str(stdout, f->id, strlen(f->id));
-    printf(",\"shard\":%u,\"segment\":", f->shard_id);
-    ringspool_json_str(stdout, f->segment, strlen(f->segment));
-    printf(",\"offset\":%" PRIu64 ",\"received\":%" PRId64 ",\"sender\":",
+    fputs("{\"id\":", rs->out);
+    ringspool_json_str(rs->out, f->id, strlen(f->id));
+    fprintf(rs->out, ",\"shard\":%u,\"segment\":", f->shard_id);
+    ringspool_json_str(rs->out, f->segment, strlen(f->segment));
+    fprintf(rs->out,
+            ",\"offset\":%" PRIu64 ",\"received\":%" PRId64 ",\"sender\":",
            f->offset, f->received_unix);
-    ringspool_json_str(stdout, f->sender, strlen(f->sender));
-    fputs(",\"rcpts\":[", stdout);
+    ringspool_json_str(rs->out, f->sender, strlen(f->sender));
+    fputs(",\"rcpts\":[", rs->out);
     for (i = 0; i < f->rcpt_count; i++) {
         if (i > 0)
-            putchar(',');
-        ringspool_json_str(stdout, f->rcpts[i], strlen(f->rcpts[i]));
+            fputc(',', rs->out);
+        ringspool_json_str(rs->out, f->rcpts[i], strlen(f->rcpts[i]));
     }
-    fputs("],\"peer\":", stdout);
-    ringspool_json_str(stdout, f->peer, strlen(f->peer));
-    printf(",\"bytes\":%" PRIu64, f->body_bytes);
+    fputs("],\"peer\":", rs->out);
+    ringspool_json_str(rs->out, f->peer, strlen(f->peer));
+    fprintf(rs->out, ",\"bytes\":%" PRIu64, f->body_bytes);
     if (rs->body) {
-        fputs(",\"body\":", stdout);
-        ringspool_json_str(stdout, f->body, f->body_bytes);
+        fputs(",\"body\":", rs->out);
+        ringspool_json_str(rs->out, f->body, f->body_bytes);
     }
-    fputs("}\n", stdout);
+    fputs("}\n", rs->out);
 }
 
 
@@ -162,9 +175,28 @@ static int
 ringspool_shard(struct ringspool *rs, const char *dir)
 {
     struct spool_scan_stats st;
-    int rc;
+    char *buf = NULL;
+    size_t len = 0;
+    int rc = 0, attempt;
 
-    rc = spool_scan(dir, ringspool_print, rs, &st);
+    for (attempt = 1; attempt <= RINGSPOOL_SCAN_TRIES; attempt++) {
+        rs->out = open_memstream(&buf, &len);
+        if (rs->out == NULL)
+            return -errno;
+        memset(&st, 0, sizeof st);
+        rc = spool_scan(dir, ringspool_print, rs, &st);
+        fclose(rs->out);
+        rs->out = NULL;
+        if (rc < 0 || st.corrupt == 0 || attempt == RINGSPOOL_SCAN_TRIES)
+            break;
+        free(buf);
+        buf = NULL;
+        len = 0;
+        usleep(RINGSPOOL_SCAN_PAUSE_US);
+    }
+    if (rc == 0 && len > 0 && fwrite(buf, 1, len, stdout) != len)
+        rc = -EIO;
+    free(buf);
     if (rc < 0)
         return rc;
     rs->total.segments += st.segments;
