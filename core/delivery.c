@@ -773,6 +773,14 @@ dest_offer(struct delivery *dl, struct route_dest *rd)
     unsigned starts = 0;
 
     ASSERT(rd != NULL);
+    if (rd->down_until_ms != 0) {
+        if (now_ms() < rd->down_until_ms && rd->conns == 0) {
+            delivery_fail_ready(dl, rd, &rd->down_result, rd->down_host,
+                                rd->down_ip);
+            return;
+        }
+        rd->down_until_ms = 0;   /* time to try it again */
+    }
     /* Idle connections first: no handshake to pay. */
     while (queue_dest_ready(rd->qd) > 0 && rd->idle != NULL &&
            route_throttle_ok(dl, rd))

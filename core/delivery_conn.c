@@ -205,6 +205,12 @@ conn_route_failed(struct dlv_conn *c)
     /* Another connection got through: the destination works. */
     if (rd->conns_ready > 0 || c->dl->draining)
         return;
+    /* Down for a while: items arriving meanwhile are deferred undialled. */
+    rd->down_until_ms = now_ms() + MIN((uint64_t)rd->dom->retry_interval_ms,
+                                       ROUTE_DOWN_MAX_MS);
+    rd->down_result = c->fail;
+    snprintf(rd->down_host, sizeof rd->down_host, "%s", c->host);
+    snprintf(rd->down_ip, sizeof rd->down_ip, "%s", c->ip);
     delivery_fail_ready(c->dl, rd, &c->fail, c->host, c->ip);
 }
 

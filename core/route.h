@@ -46,9 +46,13 @@
 #ifndef RINGMAIL_ROUTE_H
 #define RINGMAIL_ROUTE_H
 
+#include <netinet/in.h>
 #include <sys/socket.h>
 
 #include "delivery.h"
+#include "smtp_client.h"
+
+#define ROUTE_DOWN_MAX_MS 60000  /* a down destination is retried this soon */
 
 struct route_dest {
     struct queue_dest *qd;
@@ -63,6 +67,15 @@ struct route_dest {
     unsigned conns_unready;      /* resolving, connecting, greeting */
     unsigned conns_ready;        /* past EHLO */
     struct dlv_conn *idle;       /* READY and waiting for a message */
+    /*
+     * Down: every hop failed (refused, unreachable, DNS trouble). Until
+     * down_until_ms new items are deferred with down_result, without
+     * dialling again for each message (Postfix's "dead destination").
+     */
+    uint64_t down_until_ms;
+    struct smtp_client_result down_result;
+    char down_host[256];
+    char down_ip[INET6_ADDRSTRLEN + 8];
     struct route_dest *next;     /* dl->dests */
 };
 

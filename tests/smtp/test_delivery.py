@@ -573,6 +573,25 @@ class DeliveryTest(h.DaemonTest):
         self.assertEqual(counts["accepted"], 5)
         self.assertEqual(counts["duplicate_tokens"], 0)
 
+    def test_refused_destination_marked_down(self):
+        # Every hop refused: the destination is down for a while, so the
+        # messages that follow are deferred without dialling it again.
+        port = free_port()
+        d = self.daemon(port, Shards="1", Retry_Interval="30s")
+        self.send(d, n=1)
+        self.wait_log(d, lambda r: r["outcome"] == "deferred", h.t(10),
+                      "the first deferral")
+        self.send(d, n=30)
+        wait_until(lambda: len([r for r in self.log_lines(d)
+                                if r["outcome"] == "deferred"]) >= 31,
+                   h.t(10), "31 deferrals")
+        d.stop_clean()
+        m = re.search(r"(\d+) connections", d.stderr())
+        self.assertIsNotNone(m, d.tail())
+        # One attempt, maybe a second racing it; never one per message.
+        self.assertLessEqual(int(m.group(1)), 3, d.tail())
+        self.assertEqual(len(d.spool(body=False)), 31)
+
     def test_drain_waits_for_replies(self):
         sink = self.ringsink(["--latency", "1500"])
         d = self.daemon(sink.port)
