@@ -1363,6 +1363,46 @@ conf_esmtp_listener_leave(struct conf_ctx *ctx, const struct conf_node *n,
 }
 
 
+/*
+ * conf_listen_taken - whether ss (not port 0) is already a Listen address:
+ * SO_REUSEPORT would let both bind and split the connections between two
+ * listeners, which is never what a duplicated line meant.
+ */
+static int
+conf_listen_taken(const struct conf *c, const struct sockaddr_storage *ss)
+{
+    size_t i, j;
+
+    for (i = 0; i < c->listener_count; i++) {
+        const struct conf_esmtp_listener *l = &c->listeners[i];
+
+        for (j = 0; j < l->listen_count; j++) {
+            const struct sockaddr_storage *o = &l->listens[j].addr;
+
+            if (o->ss_family != ss->ss_family)
+                continue;
+            if (ss->ss_family == AF_INET) {
+                const struct sockaddr_in *a = (const void *)ss;
+                const struct sockaddr_in *b = (const void *)o;
+
+                if (a->sin_port != 0 && a->sin_port == b->sin_port &&
+                    a->sin_addr.s_addr == b->sin_addr.s_addr)
+                    return 1;
+            } else if (ss->ss_family == AF_INET6) {
+                const struct sockaddr_in6 *a = (const void *)ss;
+                const struct sockaddr_in6 *b = (const void *)o;
+
+                if (a->sin6_port != 0 && a->sin6_port == b->sin6_port &&
+                    memcmp(&a->sin6_addr, &b->sin6_addr,
+                           sizeof a->sin6_addr) == 0)
+                    return 1;
+            }
+        }
+    }
+    return 0;
+}
+
+
 /* conf_listen_enter - one Listen "ADDR:PORT" { } of an ESMTP_Listener */
 static void *
 conf_listen_enter(struct conf_ctx *ctx, const struct conf_node *n,
@@ -1386,6 +1426,12 @@ conf_listen_enter(struct conf_ctx *ctx, const struct conf_node *n,
         conf_errors_add(ctx->errs, n->file, n->line,
                         "bad Listen address '%s': expected IPV4:PORT, "
                         "[IPV6]:PORT or *:PORT", n->instance);
+        return NULL;
+    }
+    if (conf_listen_taken(ctx->c, &ss)) {
+        conf_errors_add(ctx->errs, n->file, n->line,
+                        "Listen address '%s' is already used by another "
+                        "Listen scope", n->instance);
         return NULL;
     }
     l->listens = conf_grow(l->listens, l->listen_count, sizeof *l->listens);

@@ -1788,6 +1788,23 @@ parse_empty(void **state)
 }
 
 
+/* Two Listen scopes on one address would split its connections. */
+static void
+test_duplicate_listen(void **state)
+{
+    one_error("ESMTP_Listener {\n"
+              "  Listen \"127.0.0.1:2525\" { }\n"
+              "}\n"
+              "ESMTP_Listener \"b\" {\n"
+              "  Listen \"127.0.0.1:0\" { }\n"
+              "  Listen \"127.0.0.1:0\" { }\n"
+              "  Listen \"127.0.0.1:2525\" { }\n"
+              "}\n", 7,
+              "Listen address '127.0.0.1:2525' is already used by another "
+              "Listen scope");
+}
+
+
 #define CASE(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
 
 int
@@ -1795,6 +1812,7 @@ main(void)
 {
     static const struct CMUnitTest cases[] = {
         CASE(default_conf_loads),
+        CASE(test_duplicate_listen),
         CASE(defaults),
         CASE(options_with_units),
         CASE(value_parsers),
