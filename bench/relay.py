@@ -470,7 +470,7 @@ def main(argv):
     vlines = []
     for v in vs:
         line = ("%d sessions, %s: ringmail %.1f× Postfix's end-to-end throughput (criterion ≥ 5×, aim 10×: %s) "
-                "and 1/%.0f of its CPU per message (criterion ≤ 1/20: %s)" % (
+                "and 1/%.1f of its CPU per message (criterion ≤ 1/20: %s)" % (
                     v["sessions"], "reused connections" if v["reuse"] else "1 msg/conn", v["throughput_x"],
                     "MET" + (", aim met" if v["throughput_aim_10_met"] else ", aim not met")
                     if v["throughput_met"] else "NOT MET",
@@ -499,6 +499,14 @@ def main(argv):
         "elapsed_s": round(time.monotonic() - t_start, 1),
     }
     data["commit_at_end"], prov_warning = lib.provenance_end(machine)
+    if prov_warning and machine.get("build_up_to_date") is not False:
+        # HEAD moved, but perhaps only bench/ (harness and results of other
+        # scenarios): then the code measured is the start commit's.
+        r = subprocess.run(["git", "-C", lib.ROOT, "diff", "--quiet", machine["head_commit_full"], "HEAD",
+                            "--", ".", ":(exclude)bench"], capture_output=True)
+        if r.returncode == 0:
+            prov_warning = ("Note: HEAD moved to %s during the run, by commits under bench/ only; "
+                            "the code measured is that of %s." % (data["commit_at_end"], machine["commit"]))
     if prov_warning:
         lib.log(prov_warning)
     if args.no_record:
