@@ -650,17 +650,25 @@ handshake_done(struct smtp_client *c)
 }
 
 
+/* say_hello - forget what the server offered, then send EHLO or HELO */
+static enum smtp_client_event
+say_hello(struct smtp_client *c, const char *verb, enum smtp_client_state st)
+{
+    c->ext = 0;
+    c->size_max = 0;
+    cmd(c, "%s %s", verb, c->lim->helo_name);
+    c->state = st;
+    return SMTP_CLIENT_EV_NONE;
+}
+
+
 /* on_greeting - 2xx: say EHLO; 4xx, 5xx: give up politely */
 static enum smtp_client_event
 on_greeting(struct smtp_client *c, struct smtp_client_result *r)
 {
     switch (c->rp.code / 100) {
     case 2:
-        c->ext = 0;
-        c->size_max = 0;
-        cmd(c, "EHLO %s", c->lim->helo_name);
-        c->state = SMTP_CLIENT_STATE_EHLO;
-        return SMTP_CLIENT_EV_NONE;
+        return say_hello(c, "EHLO", SMTP_CLIENT_STATE_EHLO);
     case 4:
     case 5:
         return quit_close(c, r);
@@ -679,11 +687,7 @@ on_ehlo(struct smtp_client *c, struct smtp_client_result *r)
         return handshake_done(c);
     case 5:
         /* An old server, or EHLO disabled: say HELO, use no extension. */
-        c->ext = 0;
-        c->size_max = 0;
-        cmd(c, "HELO %s", c->lim->helo_name);
-        c->state = SMTP_CLIENT_STATE_HELO;
-        return SMTP_CLIENT_EV_NONE;
+        return say_hello(c, "HELO", SMTP_CLIENT_STATE_HELO);
     case 4:
         return quit_close(c, r);
     default:
