@@ -56,6 +56,9 @@ enum conf_scope_bit {
     CONF_SCOPE_LISTEN = 1u << 2,
     CONF_SCOPE_DOMAIN = 1u << 3,
     CONF_SCOPE_BINDING = 1u << 4,
+    CONF_SCOPE_SCRIPTLET = 1u << 5,
+    CONF_SCOPE_SCRIPT = 1u << 6,
+    CONF_SCOPE_ALERTING = 1u << 7,
 };
 
 #define CONF_NAMESERVERS_MAX 16
@@ -114,9 +117,11 @@ struct conf_scope {
 static conf_set_fn conf_set_path, conf_set_hostname, conf_set_uint,
     conf_set_auto_uint, conf_set_size, conf_set_duration, conf_set_cidrs,
     conf_set_gateway, conf_set_throttle, conf_set_retries,
-    conf_set_nameservers, conf_set_address, conf_set_mailbox;
+    conf_set_nameservers, conf_set_address, conf_set_mailbox,
+    conf_set_string, conf_set_bool, conf_set_paths;
 static conf_enter_fn conf_esmtp_listener_enter, conf_listen_enter,
-    conf_domain_enter, conf_binding_enter;
+    conf_domain_enter, conf_binding_enter, conf_scriptlet_enter,
+    conf_script_enter, conf_alerting_enter;
 static conf_leave_fn conf_esmtp_listener_leave;
 
 #define GLOBAL CONF_SCOPE_GLOBAL
@@ -127,6 +132,9 @@ static conf_leave_fn conf_esmtp_listener_leave;
 #define L(field) offsetof(struct conf_esmtp_listener, field)
 #define D(field) offsetof(struct conf_domain, field)
 #define B(field) offsetof(struct conf_binding, field)
+#define SCRIPTLET CONF_SCOPE_SCRIPTLET
+#define SL(field) offsetof(struct conf_scriptlet, field)
+#define SC(field) offsetof(struct conf_script, field)
 
 static const struct conf_directive conf_directives[] = {
     { "Spool_Base", GLOBAL, conf_set_path, C(spool_base), 0, 0, 0,
@@ -184,6 +192,29 @@ static const struct conf_directive conf_directives[] = {
       B(bind_address_len), 0, 0, NULL, 0 },
     { "EHLO_Hostname", BINDING, conf_set_hostname, B(ehlo_hostname), 0,
       1, 255, NULL, 0 },
+    { "script_ttl", SCRIPTLET, conf_set_duration, SL(script_ttl_ms), 0,
+      1 * SEC, 30 * DAY, "300s", 0 },
+    { "gc_pause", SCRIPTLET, conf_set_uint, SL(gc_pause), 0, 50, 1000,
+      "200", 0 },
+    { "gc_stepmul", SCRIPTLET, conf_set_uint, SL(gc_stepmul), 0, 50, 10000,
+      "200", 0 },
+    { "max_spare_per_master", SCRIPTLET, conf_set_uint,
+      SL(max_spare_per_master), 0, 0, 1000000, "5000", 0 },
+    { "reap_interval", SCRIPTLET, conf_set_duration, SL(reap_interval_ms),
+      0, 1 * SEC, 1 * DAY, "120s", 0 },
+    { "always_gc", SCRIPTLET, conf_set_bool, SL(always_gc), 0, 0, 0,
+      "false", 0 },
+    { "instruction_budget", SCRIPTLET, conf_set_uint,
+      SL(instruction_budget), 0, 10000, 2000000000, "1000000", 0 },
+    { "memory_limit", SCRIPTLET, conf_set_size, SL(memory_limit), 0,
+      1 * MIB, 4 * GIB, "64M", 0 },
+    { "jit", SCRIPTLET, conf_set_bool, SL(jit), 0, 0, 0, "false", 0 },
+    { "again_delay", SCRIPTLET, conf_set_duration, SL(again_delay_ms), 0,
+      1, 60 * SEC, "10ms", 0 },
+    { "search_path", SCRIPTLET, conf_set_paths, SL(search_path),
+      SL(search_path_count), 0, 64, NULL, 0 },
+    { "source", CONF_SCOPE_SCRIPT, conf_set_string, SC(source), 0, 1, 4096,
+      NULL, 0 },
 };
 
 static const struct conf_scope conf_scopes[] = {
@@ -198,6 +229,13 @@ static const struct conf_scope conf_scopes[] = {
       "Domain \"example.com\" { }", conf_domain_enter, NULL, 0, 1 },
     { "Binding", CONF_SCOPE_BINDING, GLOBAL, CONF_INSTANCE_REQUIRED,
       "Binding \"name\" { }", conf_binding_enter, NULL, B(overrides), 1 },
+    { "scriptlet", CONF_SCOPE_SCRIPTLET, GLOBAL, CONF_INSTANCE_REQUIRED,
+      "scriptlet \"scriptlet\" { }", conf_scriptlet_enter, NULL, 0, 0 },
+    { "script", CONF_SCOPE_SCRIPT, SCRIPTLET, CONF_INSTANCE_REQUIRED,
+      "script \"name\" { source = \"dir.name\" }", conf_script_enter,
+      NULL, 0, 0 },
+    { "alerting", CONF_SCOPE_ALERTING, GLOBAL, CONF_INSTANCE_NONE, NULL,
+      conf_alerting_enter, NULL, 0, 0 },
 };
 
 #undef GLOBAL
@@ -548,7 +586,7 @@ conf_set_path(struct conf_ctx *ctx, const struct conf_directive *d,
 
 
 /* conf_set_string - any single value of d->min to d->max bytes */
-static int __attribute__((unused))  /* first user: EHLO greeting options */
+static int
 conf_set_string(struct conf_ctx *ctx, const struct conf_directive *d,
                 const struct conf_node *n, void *base)
 {
@@ -689,7 +727,7 @@ conf_set_duration(struct conf_ctx *ctx, const struct conf_directive *d,
 
 
 /* conf_set_bool - true or false, stored as int 1 or 0 */
-static int __attribute__((unused))  /* first user: TLS and DNS switches */
+static int
 conf_set_bool(struct conf_ctx *ctx, const struct conf_directive *d,
               const struct conf_node *n, void *base)
 {
@@ -1731,6 +1769,126 @@ conf_binding_enter(struct conf_ctx *ctx, const struct conf_node *n,
 }
 
 
+/*
+ * conf_scriptlet_enter - scriptlet "NAME" { }: Momentum allows the scope
+ * more than once, but only under one instance name; the bodies merge.
+ */
+static void *
+conf_scriptlet_enter(struct conf_ctx *ctx, const struct conf_node *n,
+                     void *parent)
+{
+    struct conf *c = parent;
+    struct conf_scriptlet *sl = &c->scriptlet;
+
+    if (sl->instance != NULL && strcmp(sl->instance, n->instance) != 0) {
+        conf_errors_add(ctx->errs, n->file, n->line,
+                        "only one scriptlet instance name is allowed: "
+                        "'%s' here, '%s' at line %d", n->instance,
+                        sl->instance, sl->line);
+        return NULL;
+    }
+    if (sl->instance == NULL) {
+        sl->instance = xstrdup(n->instance);
+        sl->file = c->path;
+        sl->line = n->line;
+    }
+    return sl;
+}
+
+
+/* conf_script_enter - script "name" { source = "dir.file" } */
+static void *
+conf_script_enter(struct conf_ctx *ctx, const struct conf_node *n,
+                  void *parent)
+{
+    struct conf_scriptlet *sl = parent;
+    struct conf_script *sc;
+    size_t i;
+
+    for (i = 0; i < sl->script_count; i++) {
+        if (strcmp(sl->scripts[i].name, n->instance) == 0) {
+            conf_errors_add(ctx->errs, n->file, n->line,
+                            "script '%s' is already defined at line %d",
+                            n->instance, sl->scripts[i].line);
+            return NULL;
+        }
+    }
+    sl->scripts = conf_grow(sl->scripts, sl->script_count,
+                            sizeof *sl->scripts);
+    sc = &sl->scripts[sl->script_count++];
+    memset(sc, 0, sizeof *sc);
+    sc->name = xstrdup(n->instance);
+    sc->file = ctx->c->path;
+    sc->line = n->line;
+    return sc;
+}
+
+
+/* conf_alerting_enter - alerting { }: Momentum wants it loaded with the
+ * scriptlet module; ringmail has nothing to configure there. */
+static void *
+conf_alerting_enter(struct conf_ctx *ctx, const struct conf_node *n,
+                    void *parent)
+{
+    static char nothing;
+
+    return &nothing;
+}
+
+
+/* conf_scriptlet_check - after the file: every script has a source */
+static void
+conf_scriptlet_check(struct conf_ctx *ctx)
+{
+    struct conf_scriptlet *sl = &ctx->c->scriptlet;
+    size_t i;
+
+    for (i = 0; i < sl->script_count; i++) {
+        if (sl->scripts[i].source == NULL)
+            conf_errors_add(ctx->errs, sl->scripts[i].file,
+                            sl->scripts[i].line,
+                            "script '%s' has no source (write source = "
+                            "\"dir.name\")", sl->scripts[i].name);
+    }
+}
+
+
+/* conf_set_paths - a list of directories, resolved like any path */
+static int
+conf_set_paths(struct conf_ctx *ctx, const struct conf_directive *d,
+               const struct conf_node *n, void *base)
+{
+    char ***field = conf_field(d, base);
+    size_t *count = (size_t *)((char *)base + d->count_offset);
+    char *const *items;
+    size_t i, item_count = conf_items(n, &items);
+    char **v;
+
+    if (item_count > d->max) {
+        conf_errors_add(ctx->errs, n->file, n->line,
+                        "option '%s' takes at most %llu directories",
+                        d->name, (unsigned long long)d->max);
+        return -EINVAL;
+    }
+    for (i = 0; i < item_count; i++) {
+        if (items[i][0] == '\0') {
+            conf_errors_add(ctx->errs, n->file, n->line,
+                            "option '%s': empty directory name", d->name);
+            return -EINVAL;
+        }
+    }
+    for (i = 0; i < *count; i++)
+        free((*field)[i]);
+    free(*field);
+    v = xcalloc(item_count + 1, sizeof *v);
+    for (i = 0; i < item_count; i++)
+        v[i] = conf_path_resolve(ctx->c->dir, items[i]);
+    *field = v;
+    *count = item_count;
+    return 0;
+}
+
+
 /* conf_domain_cmp - qsort: by name, then by line */
 static int
 conf_domain_cmp(const void *a, const void *b)
@@ -2055,6 +2213,7 @@ conf_load(const char *path, struct conf_errors *errs)
     conf_domains_finish(&ctx, root, errs->count == before);
     conf_bindings_finish(&ctx);
     conf_throttles_number(c);
+    conf_scriptlet_check(&ctx);
 
 out:
     conf_node_free(root);
@@ -2100,6 +2259,15 @@ conf_free(struct conf *c)
         conf_gateway_fini(&b->overrides.gateway);
     }
     free(c->bindings);
+    for (i = 0; i < c->scriptlet.script_count; i++) {
+        free(c->scriptlet.scripts[i].name);
+        free(c->scriptlet.scripts[i].source);
+    }
+    free(c->scriptlet.scripts);
+    for (i = 0; i < c->scriptlet.search_path_count; i++)
+        free(c->scriptlet.search_path[i]);
+    free(c->scriptlet.search_path);
+    free(c->scriptlet.instance);
     for (i = 0; i < c->nameserver_count; i++)
         free(c->nameservers[i].text);
     free(c->nameservers);

@@ -171,6 +171,40 @@ struct conf_nameserver {
     char *text;                  /* as written */
 };
 
+/* One script "name" { source = "dir.file" } of the scriptlet scope. */
+struct conf_script {
+    char *name;                  /* the module name it must register */
+    char *source;                /* as written: dir.file or dir/file */
+    const char *file;            /* struct conf's path */
+    int line;
+};
+
+/*
+ * scriptlet "scriptlet" { } (Momentum's module; one instance name only).
+ * Durations in ms. The last four are ringmail's own: see
+ * docs/lua-policy.md.
+ */
+struct conf_scriptlet {
+    char *instance;              /* NULL: no scriptlet scope, no policy */
+    const char *file;
+    int line;
+    unsigned script_ttl_ms;      /* script_ttl, 300s */
+    unsigned gc_pause;           /* gc_pause, 200 */
+    unsigned gc_stepmul;         /* gc_stepmul, 200 */
+    unsigned max_spare_per_master;   /* max_spare_per_master, 5000 */
+    unsigned reap_interval_ms;   /* reap_interval, 120s */
+    int always_gc;               /* accepted, ignored */
+    unsigned instruction_budget; /* per callout, 1000000 VM instructions */
+    uint64_t memory_limit;       /* per state, 64M */
+    int jit;                     /* JIT compiler on (unguarded), false */
+    unsigned again_delay_ms;     /* VALIDATE_AGAIN re-run delay, 10ms */
+    char **search_path;          /* search_path, default: the config's
+                                  * directory; then ringmail's lua/ */
+    size_t search_path_count;
+    struct conf_script *scripts; /* in file order */
+    size_t script_count;
+};
+
 struct conf {
     char *path;                  /* the file loaded */
     char *dir;                   /* its directory: base of relative paths */
@@ -211,6 +245,8 @@ struct conf {
     size_t binding_count;
     const struct conf_binding *binding_default;  /* never NULL */
     unsigned throttle_bucket_count;  /* >= 1: see struct conf_throttle */
+
+    struct conf_scriptlet scriptlet; /* Lua policy */
 };
 
 struct conf_error {
