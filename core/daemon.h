@@ -3,11 +3,20 @@
  *          configuration reload, scriptlet options, scriptlet statistics
  *
  * SYNOPSIS
+ *   int  daemon_start(const char *conf_path, const struct conf *c,
+ *                     char *err, size_t errlen);
+ *   void daemon_shards_set(struct shard *shards, unsigned count);
+ *   void daemon_stop(void);
  *   int  daemon_reload(char *err, size_t errlen);
  *   int  daemon_scriptlet_set(const char *option, const char *value,
  *                             char *err, size_t errlen);
  *   void daemon_scriptlet_stats(struct daemon_scriptlet_stats *out);
  * DESCRIPTION
+ *   daemon_start() (main thread, before the shards start) remembers the
+ *   configuration file and publishes its policy generation: -1 with err
+ *   when a script fails. daemon_shards_set() tells it the shards, for
+ *   statistics; daemon_stop() forgets them and retires the generation.
+ *
  *   daemon_reload() re-reads the configuration file ringmaild was started
  *   with, builds and checks the new policy generation (every script loads,
  *   registers and passes init), and only then publishes it to the shards.
@@ -43,6 +52,13 @@ struct daemon_scriptlet_stats {
     uint64_t lua_bytes;          /* memory held by all policy states */
 };
 
+struct conf;
+struct shard;
+
+int daemon_start(const char *conf_path, const struct conf *c, char *err,
+                 size_t errlen);
+void daemon_shards_set(struct shard *shards, unsigned count);
+void daemon_stop(void);
 int daemon_reload(char *err, size_t errlen);
 int daemon_scriptlet_set(const char *option, const char *value,
                          char *err, size_t errlen);

@@ -16,7 +16,8 @@
  *   connections, finish open transactions within Shutdown_Timeout), join
  *   the shards, exit 0. A second SIGTERM stops at once (sessions waiting
  *   for a commit still get their answer). SIGUSR1 reopens the paniclog.
- *   SIGHUP is logged: configuration reload comes with the operations work.
+ *   SIGHUP reloads the configuration's scriptlet scope (daemon.h): the new
+ *   policy generation is checked first and applied only if it is sound.
  * OWNERSHIP
  *   The configuration and the shard array live for the whole process.
  * THREADS
@@ -38,6 +39,8 @@
 #include <unistd.h>
 
 #include "conf.h"
+#include "daemon.h"
+#include "policy.h"
 #include "log.h"
 #include "shard.h"
 #include "spool.h"
@@ -250,6 +253,7 @@ main(int argc, char **argv)
     unsigned nshards, i, ncpu;
     char ready_text[1024];
     sigset_t sigs;
+    int policy_started = 0;
     int check_only = 0, opt, rc, draining = 0, failed = 0, tx_ok = 0,
         handed_over = 0;
 
@@ -289,6 +293,15 @@ main(int argc, char **argv)
         return 1;
     }
     if (check_only) {
+        char err[8192];
+        struct policy_gen *g = policy_gen_build(conf, err, sizeof err);
+
+        if (g == NULL && conf->scriptlet.instance != NULL) {
+            fprintf(stderr, "%s\n", err);
+            conf_free(conf);
+            return 1;
+        }
+        policy_gen_put(g);
         printf("%s: configuration OK\n", conf_path);
         conf_free(conf);
         return 0;
@@ -330,6 +343,16 @@ main(int argc, char **argv)
         }
     }
     (void)mkdir_parent(conf->delivery_log);
+    {
+        char err[8192];
+
+        if (daemon_start(conf_path, conf, err, sizeof err) < 0) {
+            log_panic("main", "scriptlet: %s", err);
+            fprintf(stderr, "%s\n", err);
+            goto fail;
+        }
+        policy_started = 1;
+    }
 
     /* Only this thread takes signals; shards inherit the blocked mask. */
     sigemptyset(&sigs);
@@ -370,6 +393,7 @@ main(int argc, char **argv)
         if (shard_wait_started(&shards[i]) < 0)
             failed = 1;
     }
+    daemon_shards_set(shards, nshards);
     if (failed) {
         log_panic("main", "a shard failed to start; stopping");
         for (i = 0; i < nshards; i++)
@@ -408,13 +432,16 @@ main(int argc, char **argv)
             log_reopen();
             log_panic("main", "paniclog reopened");
         } else if (rc == SIGHUP) {
-            log_panic("main", "SIGHUP: configuration reload is not "
-                      "implemented yet; ignored");
+            char err[8192];
+
+            log_panic("main", "SIGHUP: configuration reload");
+            (void)daemon_reload(err, sizeof err);
         }
     }
 
     for (i = 0; i < nshards; i++)
         shard_join(&shards[i]);
+    daemon_shards_set(NULL, 0);
     log_panic("main", failed ? "ringmaild failed to start" :
                               "ringmaild stopped");
     free(shards);
@@ -425,6 +452,8 @@ out:
     /* Every exit comes here, so nothing leaks (ASan checks it). */
     if (tx_ok)
         xshard_sender_fini(&tx);
+    if (policy_started)
+        daemon_stop();
     if (per_shard != NULL) {
         for (i = 0; i < nshards; i++) {
             if (!handed_over && per_shard[i] != NULL) {

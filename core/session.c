@@ -56,6 +56,7 @@
 #include <unistd.h>
 
 #include "listener.h"
+#include "policy.h"
 #include "log.h"
 #include "shard.h"
 #include "util.h"
@@ -83,11 +84,23 @@ struct session {
 
     struct spool_msg msg;
 
+    /* Lua policy (NULL without a scriptlet): the phases still to run for
+     * the current command or message, and what they see */
+    struct policy_sess *ps;
+    struct policy_txn ptxn;
+    enum policy_phase pol_phases[POLICY_PHASE_COUNT + 1];
+    unsigned pol_count;
+    unsigned pol_idx;
+    unsigned pol_rcpt;           /* each_rcpt: the recipient it is at */
+    int pol_cmd;                 /* SMTP_POLICY_* being judged; 0: the
+                                  * message; -1: the connection */
+
     unsigned inflight;
     unsigned recv_armed : 1;
     unsigned recv_paused : 1;
     unsigned send_busy : 1;
     unsigned commit_busy : 1;
+    unsigned policy_busy : 1;    /* a callout yielded: input waits */
     unsigned want_close : 1;     /* close once the replies are sent */
     unsigned peer_eof : 1;       /* the client half-closed: finish, close */
     unsigned flush_wait : 1;     /* input held back until replies are sent */
@@ -101,6 +114,8 @@ struct session {
 };
 
 static void session_run(struct session *s, const char *data, size_t len);
+static void session_commit(struct session *s);
+static void session_greet(struct session *s);
 static void session_close(struct session *s);
 static void session_free(struct session *s);
 
@@ -403,10 +418,226 @@ session_commit(struct session *s)
     m->body = s->smtp.body;
     m->body_iov_count = s->smtp.body_count;
     m->body_bytes = bytes;
+    if (s->ps != NULL) {
+        struct policy_msg_out po;
+
+        if (policy_msg_out(s->ps, &po)) {
+            if (po.sender != NULL)
+                m->sender = po.sender;
+            if (po.rcpts != NULL)
+                m->rcpts = (const char *const *)po.rcpts;
+            if (po.body != NULL) {
+                m->body = po.body;
+                m->body_iov_count = po.body_count;
+                m->body_bytes = po.body_bytes;
+            }
+            m->binding = po.binding;
+            m->routing_domain = po.routing_domain;
+            m->priority = po.priority;
+        }
+    }
     m->done = session_commit_done;
     s->commit_busy = 1;
     s->inflight++;
     spool_commit(&s->sh->spool, m);
+}
+
+
+/* --- policy ------------------------------------------------------------- */
+
+static void session_policy_step(struct session *s);
+
+
+static void
+policy_txn_fill(struct session *s)
+{
+    struct policy_txn *t = &s->ptxn;
+    struct smtp_server *m = &s->smtp;
+
+    t->id = m->id[0] != '\0' ? m->id : NULL;
+    t->helo = m->helo;
+    t->sender = m->sender;
+    t->rcpts = m->rcpts;
+    t->rcpt_count = m->rcpt_count;
+    t->rcpt = NULL;
+    t->str = NULL;
+    t->body = NULL;
+    t->body_count = 0;
+    t->body_bytes = 0;
+}
+
+
+static void
+policy_phase_add(struct session *s, enum policy_phase ph)
+{
+    if (policy_wants(s->ps, ph))
+        s->pol_phases[s->pol_count++] = ph;
+}
+
+
+/* session_policy_apply - every phase ran (or one said no): act on it */
+static void
+session_policy_apply(struct session *s)
+{
+    const struct policy_result *res = policy_result(s->ps);
+    struct smtp_verdict v = { 0 };
+
+    v.code = res->code;
+    v.text = res->text;
+    v.close = res->disconnect;
+    if (s->pol_cmd < 0) {
+        /* the connection */
+        if (res->code >= 400 || res->disconnect)
+            smtp_server_refuse(&s->smtp, res->code ? res->text
+                               : "421 4.7.0 Connection closed by policy");
+        else
+            session_greet(s);
+        if (s->smtp.state == SMTP_STATE_CLOSED)
+            s->want_close = 1;
+        return;
+    }
+    if (s->pol_cmd > 0) {
+        smtp_server_policy_done(&s->smtp, &v);
+        return;
+    }
+    /* the message */
+    if (res->code >= 400 || res->disconnect) {
+        s->sh->stats.messages_rejected++;
+        smtp_server_message_refused(&s->smtp, res->code ? res->text
+                                    : "550 5.7.1 Rejected by policy",
+                                    res->disconnect);
+    } else if (res->discard) {
+        s->sh->stats.messages_discarded++;
+        smtp_server_commit_done(&s->smtp, 0);
+    } else {
+        session_commit(s);
+    }
+}
+
+
+static void
+session_policy_done(struct policy_sess *ps, void *arg)
+{
+    struct session *s = arg;
+
+    ASSERT(s->policy_busy);
+    s->policy_busy = 0;
+    if (s->closing) {
+        session_leave(s);
+        return;
+    }
+    session_policy_step(s);
+    if (!s->policy_busy && !s->closing)
+        session_run(s, NULL, 0);
+    session_leave(s);
+}
+
+
+/* session_policy_step - run the phases left; stop on a refusal */
+static void
+session_policy_step(struct session *s)
+{
+    while (s->pol_idx < s->pol_count) {
+        enum policy_phase ph = s->pol_phases[s->pol_idx];
+        const struct policy_result *res;
+
+        if (ph == POLICY_DATA_SPOOL_EACH_RCPT) {
+            if (s->pol_rcpt >= s->smtp.rcpt_count) {
+                s->pol_idx++;
+                continue;
+            }
+            s->ptxn.rcpt = s->smtp.rcpts[s->pol_rcpt++];
+        } else {
+            s->pol_idx++;
+        }
+        if (policy_run(s->ps, ph, &s->ptxn, session_policy_done, s)) {
+            s->policy_busy = 1;
+            s->inflight++;
+            return;
+        }
+        res = policy_result(s->ps);
+        if (res->code >= 400 || res->disconnect || res->discard) {
+            s->pol_idx = s->pol_count;
+            break;
+        }
+    }
+    session_policy_apply(s);
+}
+
+
+static void
+policy_start(struct session *s, int cmd)
+{
+    s->pol_cmd = cmd;
+    s->pol_idx = 0;
+    s->pol_rcpt = 0;
+    session_policy_step(s);
+}
+
+
+/* the command the machine stopped on */
+static void
+session_policy_command(struct session *s)
+{
+    struct smtp_server *m = &s->smtp;
+    struct policy_sess *ps = s->ps;
+
+    policy_txn_fill(s);
+    s->ptxn.str = m->pend_arg;
+    s->pol_count = 0;
+    switch (m->pend_cmd) {
+    case SMTP_POLICY_EHLO:
+        policy_ctx_conn_set(ps, "ehlo_string", m->pend_arg);
+        policy_ctx_conn_set(ps, "ehlo_domain", m->pend_arg);
+        policy_phase_add(s, POLICY_EHLO);
+        break;
+    case SMTP_POLICY_MAIL:
+        policy_txn_begin(ps);
+        s->ptxn.sender = m->pend_arg;
+        policy_ctx_mess_set(ps, "mailfrom_string", m->pend_arg);
+        policy_phase_add(s, POLICY_MAILFROM);
+        break;
+    case SMTP_POLICY_RCPT:
+        s->ptxn.rcpt = m->pend_arg;
+        policy_ctx_mess_set(ps, "rcptto_string", m->pend_arg);
+        policy_phase_add(s, POLICY_RCPTTO);
+        break;
+    case SMTP_POLICY_DATA:
+        policy_phase_add(s, POLICY_RCPTTO_LIST);
+        policy_phase_add(s, POLICY_RCPTTO_LIST_FINAL);
+        break;
+    }
+    policy_start(s, (int)m->pend_cmd);
+}
+
+
+/* session_message - a complete message: policy's data phases, then commit */
+static void
+session_message(struct session *s)
+{
+    uint64_t bytes = 0;
+    unsigned i;
+
+    if (s->ps == NULL) {
+        session_commit(s);
+        return;
+    }
+    policy_txn_fill(s);
+    for (i = 0; i < s->smtp.body_count; i++)
+        bytes += s->smtp.body[i].iov_len;
+    s->ptxn.body = s->smtp.body;
+    s->ptxn.body_count = s->smtp.body_count;
+    s->ptxn.body_bytes = bytes;
+    s->pol_count = 0;
+    policy_phase_add(s, POLICY_DATA);
+    policy_phase_add(s, POLICY_DATA_SPOOL);
+    policy_phase_add(s, POLICY_DATA_SPOOL_EACH_RCPT);
+    policy_phase_add(s, POLICY_SET_BINDING);
+    if (s->pol_count == 0) {
+        session_commit(s);
+        return;
+    }
+    policy_start(s, 0);
 }
 
 
@@ -417,21 +648,25 @@ session_feed(struct session *s, const char *data, size_t len)
     size_t used = 0;
 
     s->flush_wait = 0;
-    while (used < len && !s->want_close && !s->commit_busy) {
+    while (used < len && !s->want_close && !s->commit_busy &&
+           !s->policy_busy) {
         enum smtp_event ev;
         uint64_t rejected = s->smtp.stats.rejected;
 
         used += smtp_server_feed(&s->smtp, data + used, len - used, &ev);
         s->sh->stats.messages_rejected += s->smtp.stats.rejected - rejected;
         if (ev == SMTP_EV_MESSAGE) {
-            session_commit(s);
+            session_message(s);
+        } else if (ev == SMTP_EV_POLICY) {
+            session_policy_command(s);
         } else if (ev == SMTP_EV_CLOSE) {
             s->want_close = 1;
         } else if (ev == SMTP_EV_FLUSH) {
             s->flush_wait = 1;
             break;
         } else if (used < len) {
-            ASSERT(s->smtp.state == SMTP_STATE_COMMIT);
+            ASSERT(s->smtp.state == SMTP_STATE_COMMIT ||
+                   s->smtp.state == SMTP_STATE_POLICY);
             break;
         }
     }
@@ -471,7 +706,7 @@ session_run(struct session *s, const char *data, size_t len)
      * to answer, no input held back for replies), what is left is an
      * unfinished command or message: drop it and close.
      */
-    if (s->peer_eof && !s->commit_busy && !s->flush_wait)
+    if (s->peer_eof && !s->commit_busy && !s->flush_wait && !s->policy_busy)
         s->want_close = 1;
     if (s->want_close) {
         /* QUIT or a fatal error: whatever else the client sent is moot. */
@@ -513,6 +748,7 @@ session_free(struct session *s)
     sh->sessions--;
     if (s->counted_active)
         sh->sessions_active--;
+    policy_sess_close(s->ps);
     smtp_server_fini(&s->smtp);
     free(s->pending);
     free(s->sending.buf);
@@ -530,6 +766,7 @@ session_close(struct session *s)
     if (!s->closing) {
         s->closing = 1;
         list_remove(s);
+        policy_cancel(s->ps);
         if (s->recv_armed || s->send_busy) {
             /* Both the multishot recv and a send stuck on a peer that
              * does not read: close(2) alone would cancel neither. */
@@ -541,6 +778,48 @@ session_close(struct session *s)
             s->inflight++;
         }
     }
+}
+
+
+static void
+session_greet(struct session *s)
+{
+    smtp_server_greet(&s->smtp);
+}
+
+
+/* session_connect - policy's connect phase, then the greeting */
+static void
+session_connect(struct session *s)
+{
+    struct shard *sh = s->sh;
+    struct policy_conn pc = { 0 };
+    unsigned mask = 0;
+
+    pc.peer_ip = s->peer_ip;
+    pc.peer_port = s->peer.ss_family == AF_INET6
+                       ? ntohs(((struct sockaddr_in6 *)&s->peer)->sin6_port)
+                       : ntohs(((struct sockaddr_in *)&s->peer)->sin_port);
+    pc.hostname = sh->conf->hostname;
+    s->ps = policy_sess_open(sh->policy, &sh->pool, s->arena, &pc);
+    if (s->ps == NULL) {
+        session_greet(s);
+        return;
+    }
+    if (policy_wants(s->ps, POLICY_EHLO))
+        mask |= SMTP_POLICY_EHLO;
+    if (policy_wants(s->ps, POLICY_MAILFROM))
+        mask |= SMTP_POLICY_MAIL;
+    if (policy_wants(s->ps, POLICY_RCPTTO))
+        mask |= SMTP_POLICY_RCPT;
+    if (policy_wants(s->ps, POLICY_RCPTTO_LIST) ||
+        policy_wants(s->ps, POLICY_RCPTTO_LIST_FINAL))
+        mask |= SMTP_POLICY_DATA;
+    s->smtp.policy_mask = mask;
+    s->pol_count = 0;
+    policy_txn_fill(s);
+    policy_phase_add(s, POLICY_CONNECT);
+    policy_start(s, -1);
 }
 
 
@@ -587,10 +866,10 @@ session_start(struct shard *sh, struct shard_listen *l, int fd)
         smtp_server_refuse(&s->smtp, "421 4.3.2 Service temporarily "
                                      "unavailable: spool failure");
     } else {
-        smtp_server_greet(&s->smtp);
         s->counted_active = 1;
         sh->sessions_active++;
         session_recv_arm(s);
+        session_connect(s);
     }
     if (s->smtp.state == SMTP_STATE_CLOSED) {
         sh->stats.sessions_refused++;

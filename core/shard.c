@@ -18,6 +18,7 @@
  * STOPPING, closes every session that is not waiting for a commit and
  * every outbound connection (delivery_abort).
  */
+#include "policy.h"
 #include "shard.h"
 
 #include <ck_pr.h>
@@ -214,6 +215,7 @@ shard_tick_done(struct op *op, int res, uint32_t flags)
         delivery_abort(&sh->dlv);
     }
     delivery_tick(&sh->dlv, now);
+    policy_engine_tick(sh->policy, now);
     /* Listeners whose accept ended on an error are re-armed here. */
     for (i = 0; i < sh->listen_count; i++) {
         if (!sh->listens[i].armed && sh->state <= SHARD_STATE_DRAINING)
@@ -334,6 +336,8 @@ shard_init(struct shard *sh)
     env.stats = &sh->stats.dlv;
     delivery_init(&sh->dlv, &env);
     sh->dlv_ok = 1;
+    sh->policy = policy_engine_create(&sh->loop, &sh->dlv.dns, sh->conf,
+                                      sh->id);
     rc = spool_open(&sh->spool, &sh->loop, sh->spool_dir, sh->id,
                     sh->conf->spool_segment_size, shard_recovered, sh);
     if (rc < 0) {
@@ -374,6 +378,8 @@ shard_fini(struct shard *sh)
 {
     size_t i;
 
+    policy_engine_destroy(sh->policy);
+    sh->policy = NULL;
     if (sh->dlv_ok)
         delivery_fini(&sh->dlv);
     if (sh->spool.dir != NULL)

@@ -74,6 +74,7 @@ struct shard_stats {
     uint64_t messages_received;
     uint64_t messages_rejected;
     uint64_t commit_failures;
+    uint64_t messages_discarded; /* msg:discard(): 250, nothing kept */
     uint64_t recv_bytes;
     struct delivery_stats dlv;   /* outbound: delivery.h */
 };
@@ -102,6 +103,7 @@ struct shard {
     char spool_dir[4096];
     struct delivery dlv;
     int dlv_ok;                  /* delivery_init() ran */
+    struct policy_engine *policy;    /* Lua policy, policy.h */
     struct smtp_limits limits;
 
     struct shard_listen *listens;

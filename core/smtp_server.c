@@ -38,6 +38,7 @@ static const char *const smtp_state_names[] = {
     [SMTP_STATE_RCPT] = "rcpt",
     [SMTP_STATE_DATA] = "data",
     [SMTP_STATE_COMMIT] = "commit",
+    [SMTP_STATE_POLICY] = "policy",
     [SMTP_STATE_CLOSED] = "closed",
 };
 
@@ -192,6 +193,23 @@ after_txn(struct smtp_server *s)
 }
 
 
+/*
+ * policy_stop - the command passed its checks and policy wants to see it:
+ * remember it and wait for smtp_server_policy_done(). 1 when stopped.
+ */
+static int
+policy_stop(struct smtp_server *s, enum smtp_policy_cmd cmd, char *arg)
+{
+    if (!(s->policy_mask & cmd))
+        return 0;
+    s->pend_cmd = cmd;
+    s->pend_arg = arg;
+    s->pend_state = s->state;
+    s->state = SMTP_STATE_POLICY;
+    return 1;
+}
+
+
 /* --- addresses ----------------------------------------------------------- */
 
 /*
@@ -291,6 +309,9 @@ valid_helo(const char *arg)
 }
 
 
+static void helo_accept(struct smtp_server *s, char *name, int esmtp);
+
+
 static void
 cmd_helo_common(struct smtp_server *s, const char *arg, int esmtp)
 {
@@ -301,10 +322,21 @@ cmd_helo_common(struct smtp_server *s, const char *arg, int esmtp)
                              : "501 5.5.4 Syntax: HELO hostname");
         return;
     }
+    s->pend_esmtp = esmtp;
+    if (policy_stop(s, SMTP_POLICY_EHLO, arena_strdup(s->session, arg)))
+        return;
+    helo_accept(s, arena_strdup(s->session, arg), esmtp);
+}
+
+
+/* helo_accept - EHLO/HELO passed: new name, no transaction, 250 */
+static void
+helo_accept(struct smtp_server *s, char *name, int esmtp)
+{
     if (s->state == SMTP_STATE_MAIL || s->state == SMTP_STATE_RCPT)
         txn_reset(s);
     /* The name may change once or twice per session; that is bounded. */
-    s->helo = arena_strdup(s->session, arg);
+    s->helo = name;
     s->esmtp = esmtp;
     s->state = SMTP_STATE_READY;
     if (!esmtp) {
@@ -414,10 +446,15 @@ cmd_mail(struct smtp_server *s, const char *arg)
         txn_reset(s);
         return;
     }
+    if (policy_stop(s, SMTP_POLICY_MAIL, sender))
+        return;
     s->sender = sender;
     s->state = SMTP_STATE_MAIL;
     reply(s, "250 2.1.0 Ok");
 }
+
+
+static void rcpt_accept(struct smtp_server *s, char *rcpt);
 
 
 static void
@@ -454,6 +491,16 @@ cmd_rcpt(struct smtp_server *s, const char *arg)
         reply(s, "452 4.5.3 Error: too many recipients");
         return;
     }
+    if (policy_stop(s, SMTP_POLICY_RCPT, rcpt))
+        return;
+    rcpt_accept(s, rcpt);
+}
+
+
+/* rcpt_accept - one more recipient, 250 */
+static void
+rcpt_accept(struct smtp_server *s, char *rcpt)
+{
     if (s->rcpt_count == s->rcpt_cap) {
         unsigned cap = s->rcpt_cap ? s->rcpt_cap * 2 : 8;
         char **v = arena_alloc(s->txn, cap * sizeof *v);
@@ -555,6 +602,9 @@ received_header(struct smtp_server *s)
 }
 
 
+static void data_accept(struct smtp_server *s);
+
+
 static void
 cmd_data(struct smtp_server *s, const char *arg)
 {
@@ -570,6 +620,16 @@ cmd_data(struct smtp_server *s, const char *arg)
         reply_error(s, "503 5.5.1 Error: need RCPT command");
         return;
     }
+    if (policy_stop(s, SMTP_POLICY_DATA, NULL))
+        return;
+    data_accept(s);
+}
+
+
+/* data_accept - DATA passed: a message id, the Received: header, 354 */
+static void
+data_accept(struct smtp_server *s)
+{
     s->lim->new_id(s->lim->new_id_arg, s->id);
     received_header(s);
     s->data_state = DATA_BOL;
@@ -663,6 +723,8 @@ command(struct smtp_server *s, char *line, size_t len)
                     arg++;
             }
             c->fn(s, arg);
+            if (s->state == SMTP_STATE_POLICY)
+                return;
             if (s->draining && (s->state == SMTP_STATE_INIT ||
                                 s->state == SMTP_STATE_READY)) {
                 reply(s, "421 4.3.2 %s Service shutting down",
@@ -869,7 +931,7 @@ smtp_server_feed(struct smtp_server *s, const char *buf, size_t len,
             used = len;
             break;
         }
-        if (s->state == SMTP_STATE_COMMIT)
+        if (s->state == SMTP_STATE_COMMIT || s->state == SMTP_STATE_POLICY)
             return used;
         if (s->out.len > SMTP_OUT_HIGH) {
             *ev = SMTP_EV_FLUSH;
@@ -887,6 +949,10 @@ smtp_server_feed(struct smtp_server *s, const char *buf, size_t len,
             continue;
         }
         used += line_feed(s, buf + used, len - used);
+        if (s->state == SMTP_STATE_POLICY) {
+            *ev = SMTP_EV_POLICY;
+            return used;
+        }
     }
     if (s->state == SMTP_STATE_CLOSED)
         *ev = SMTP_EV_CLOSE;
@@ -908,6 +974,67 @@ smtp_server_commit_done(struct smtp_server *s, int res)
         reply(s, "451 4.3.0 Error: queue file write error");
     }
     after_txn(s);
+}
+
+
+/*
+ * smtp_server_policy_done - policy answered for the stopped command: its
+ * reply, or what the command does when accepted.
+ */
+void
+smtp_server_policy_done(struct smtp_server *s, const struct smtp_verdict *v)
+{
+    ASSERT(s->state == SMTP_STATE_POLICY);
+    s->state = s->pend_state;
+    if (v->code >= 400) {
+        if (s->pend_cmd == SMTP_POLICY_MAIL)
+            txn_reset(s);
+        reply(s, "%s", v->text);
+        if (v->close)
+            s->state = SMTP_STATE_CLOSED;
+        return;
+    }
+    switch (s->pend_cmd) {
+    case SMTP_POLICY_EHLO:
+        helo_accept(s, s->pend_arg, s->pend_esmtp);
+        break;
+    case SMTP_POLICY_MAIL:
+        s->sender = v->rewrite != NULL ? arena_strdup(txn_arena(s),
+                                                      v->rewrite)
+                                       : s->pend_arg;
+        s->state = SMTP_STATE_MAIL;
+        reply(s, "250 2.1.0 Ok");
+        break;
+    case SMTP_POLICY_RCPT:
+        rcpt_accept(s, v->rewrite != NULL ? arena_strdup(txn_arena(s),
+                                                         v->rewrite)
+                                          : s->pend_arg);
+        break;
+    case SMTP_POLICY_DATA:
+        data_accept(s);
+        break;
+    }
+    if (v->close) {
+        s->state = SMTP_STATE_CLOSED;
+    } else if (s->draining && (s->state == SMTP_STATE_INIT ||
+                               s->state == SMTP_STATE_READY)) {
+        reply(s, "421 4.3.2 %s Service shutting down", s->lim->hostname);
+        s->state = SMTP_STATE_CLOSED;
+    }
+}
+
+
+/* smtp_server_message_refused - policy refused the complete message */
+void
+smtp_server_message_refused(struct smtp_server *s, const char *text,
+                            int close)
+{
+    ASSERT(s->state == SMTP_STATE_COMMIT);
+    s->stats.rejected++;
+    reply(s, "%s", text);
+    after_txn(s);
+    if (close)
+        s->state = SMTP_STATE_CLOSED;
 }
 
 

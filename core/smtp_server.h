@@ -31,6 +31,12 @@
  *     SMTP_EV_FLUSH    s->out is over SMTP_OUT_HIGH bytes: send it before
  *                      feeding the rest (a client pipelining without reading
  *                      replies cannot make us buffer without bound).
+ *     SMTP_EV_POLICY   a command in s->policy_mask passed its syntax
+ *                      checks: s->pend_cmd and s->pend_arg say which and
+ *                      what; run policy, then smtp_server_policy_done()
+ *                      with the verdict; until then nothing is consumed.
+ *   A complete message (SMTP_EV_MESSAGE) may also be refused by policy
+ *   instead of committed: smtp_server_message_refused().
  *   The driver keeps unconsumed bytes and feeds them again later.
  *
  *   Lines end in CRLF. A bare LF or bare CR in a command is refused (500),
@@ -77,6 +83,7 @@ enum smtp_state {
     SMTP_STATE_RCPT,             /* at least one recipient accepted */
     SMTP_STATE_DATA,             /* reading the message */
     SMTP_STATE_COMMIT,           /* message complete, waiting for the spool */
+    SMTP_STATE_POLICY,           /* a command waits for policy's verdict */
     SMTP_STATE_CLOSED,           /* QUIT or fatal error: input ignored */
 };
 
@@ -85,6 +92,23 @@ enum smtp_event {
     SMTP_EV_MESSAGE,
     SMTP_EV_CLOSE,
     SMTP_EV_FLUSH,
+    SMTP_EV_POLICY,
+};
+
+/* Commands that stop for policy when their bit is in s->policy_mask. */
+enum smtp_policy_cmd {
+    SMTP_POLICY_EHLO = 1u << 0,  /* EHLO and HELO */
+    SMTP_POLICY_MAIL = 1u << 1,
+    SMTP_POLICY_RCPT = 1u << 2,
+    SMTP_POLICY_DATA = 1u << 3,  /* the DATA command, before 354 */
+};
+
+/* Policy's answer to a command that stopped (smtp_server_policy_done). */
+struct smtp_verdict {
+    int code;                    /* 0: carry on as usual */
+    const char *text;            /* the whole reply line when code != 0 */
+    int close;                   /* close after the reply */
+    const char *rewrite;         /* MAIL/RCPT: use this address instead */
 };
 
 typedef void smtp_id_fn(void *arg, char id[SMTP_ID_MAX]);
@@ -119,6 +143,11 @@ struct smtp_server {
     int relay_ok;
     int esmtp;
     int draining;                /* close after the current transaction */
+    unsigned policy_mask;        /* SMTP_POLICY_*: commands that stop */
+    enum smtp_policy_cmd pend_cmd;   /* SMTP_STATE_POLICY: which one */
+    enum smtp_state pend_state;  /* the state to go back to */
+    char *pend_arg;              /* its argument (HELO name, address) */
+    int pend_esmtp;
     unsigned error_count;
     const char *peer_ip;
     char *helo;
@@ -159,6 +188,10 @@ void smtp_server_refuse(struct smtp_server *s, const char *reply);
 size_t smtp_server_feed(struct smtp_server *s, const char *buf, size_t len,
                         enum smtp_event *ev);
 void smtp_server_commit_done(struct smtp_server *s, int res);
+void smtp_server_policy_done(struct smtp_server *s,
+                             const struct smtp_verdict *v);
+void smtp_server_message_refused(struct smtp_server *s, const char *text,
+                                 int close);
 void smtp_server_timeout(struct smtp_server *s);
 void smtp_server_shutdown(struct smtp_server *s);
 void smtp_server_fini(struct smtp_server *s);

@@ -133,6 +133,9 @@ struct spool_msg {
     const char *const *rcpts;    /* forward paths without <> */
     unsigned rcpt_count;
     const char *peer;            /* client address, for the record */
+    const char *binding;         /* policy's msg:binding(), or NULL */
+    const char *routing_domain;  /* policy's msg:routing_domain(), or NULL */
+    unsigned priority;           /* 1..100 (100 first); 0: default, 50 */
     const struct iovec *body;    /* the message data, unstuffed, CRLF lines */
     unsigned body_iov_count;
     uint64_t body_bytes;
