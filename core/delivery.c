@@ -90,7 +90,7 @@ static struct dlv_msg *
 msg_new(struct delivery *dl, const char *id, const char *sender,
         const char *const *rcpts, unsigned rcpt_count,
         const struct iovec *body, unsigned body_iov_count,
-        uint64_t body_bytes)
+        uint64_t body_bytes, size_t extra)
 {
     size_t bytes = sizeof(struct dlv_msg), sender_len = strlen(sender);
     struct dlv_msg *m;
@@ -102,7 +102,7 @@ msg_new(struct delivery *dl, const char *id, const char *sender,
     bytes += rcpt_count * sizeof(char *) + rcpt_count + sender_len + 1;
     for (i = 0; i < rcpt_count; i++)
         bytes += strlen(rcpts[i]) + 1;
-    bytes += body_bytes;
+    bytes += body_bytes + extra;
     m = xmalloc(bytes);
     memset(m, 0, sizeof *m);
     snprintf(m->id, sizeof m->id, "%s", id);
@@ -127,6 +127,8 @@ msg_new(struct delivery *dl, const char *id, const char *sender,
         memcpy(p, body[i].iov_base, body[i].iov_len);
         p += body[i].iov_len;
     }
+    m->policy_strings = p;
+    p += extra;
     ASSERT((size_t)(p - (char *)m) == bytes);
     m->refs = 1;
     dl->env.stats->messages++;
@@ -167,6 +169,47 @@ rcpt_domain(const char *rcpt)
 }
 
 
+/* item_domain - where rcpt i of m is routed: policy's domain, or its own */
+static const char *
+item_domain(const struct dlv_msg *m, unsigned i)
+{
+    return m->routing_domain != NULL ? m->routing_domain
+                                     : rcpt_domain(m->rcpts[i]);
+}
+
+
+/* policy_bytes - room msg_policy() needs for the strings */
+static size_t
+policy_bytes(const char *binding, const char *routing)
+{
+    return (binding != NULL ? strlen(binding) + 1 : 0) +
+           (routing != NULL ? strlen(routing) + 1 : 0);
+}
+
+
+/* msg_policy - keep what policy chose for m (copied: m is one block) */
+static void
+msg_policy(struct dlv_msg *m, const char *binding, const char *routing,
+           unsigned priority)
+{
+    char *p;
+
+    m->priority = priority;
+    if ((binding == NULL || binding[0] == '\0') &&
+        (routing == NULL || routing[0] == '\0'))
+        return;
+    p = m->policy_strings;
+    if (binding != NULL && binding[0] != '\0') {
+        m->binding = p;
+        p = stpcpy(p, binding) + 1;
+    }
+    if (routing != NULL && routing[0] != '\0') {
+        m->routing_domain = p;
+        stpcpy(p, routing);
+    }
+}
+
+
 /* --- items --------------------------------------------------------------- */
 
 /* item_new - an item for idx[0..n) of m, linked on dl->items, nowhere */
@@ -175,13 +218,14 @@ item_new(struct delivery *dl, struct dlv_msg *m, const uint32_t *idx,
          unsigned n, struct route_dest **rdp)
 {
     struct dlv_item *it = xcalloc(1, sizeof *it + n * sizeof *idx);
-    struct route_dest *rd = route_dest_get(dl, rcpt_domain(m->rcpts[idx[0]]));
+    struct route_dest *rd = route_dest_get(dl, item_domain(m, idx[0]),
+                                           m->binding);
 
     memcpy(it->rcpt_idx, idx, n * sizeof *idx);
     it->rcpt_count = n;
     it->msg = m;
     delivery_msg_ref(m);
-    it->qi.priority = QUEUE_PRIORITY_NORMAL;
+    it->qi.priority = m->priority ? m->priority : QUEUE_PRIORITY_NORMAL;
     it->qi.dest = rd->qd;
     it->expire_ms = m->received_ms + rd->dom->message_expiration_ms;
     it->next = dl->items;
@@ -226,12 +270,12 @@ items_make(struct delivery *dl, struct dlv_msg *m)
 
         if (taken[i] || m->rcpt_done[i])
             continue;
-        dom = rcpt_domain(m->rcpts[i]);
+        dom = item_domain(m, i);
         n = 0;
         /* Quadratic in the recipients of one message, which are few. */
         for (j = i; j < m->rcpt_count; j++) {
             if (taken[j] || m->rcpt_done[j] ||
-                strcasecmp(rcpt_domain(m->rcpts[j]), dom) != 0)
+                strcasecmp(item_domain(m, j), dom) != 0)
                 continue;
             taken[j] = 1;
             idx[n++] = j;
@@ -476,7 +520,7 @@ bounce_start(struct delivery *dl, struct dlv_item *it,
     spool_next_id(dl->env.sp, id);
     iov.iov_base = out.text;
     iov.iov_len = out.bytes;
-    dsn = msg_new(dl, id, "", &m->sender, 1, &iov, 1, out.bytes);
+    dsn = msg_new(dl, id, "", &m->sender, 1, &iov, 1, out.bytes, 0);
     dsn->received_unix = (int64_t)(now / 1000);
     dsn->received_ms = now;
     arena_destroy(a);
@@ -733,11 +777,14 @@ delivery_accepted(struct delivery *dl, const struct spool_msg *sm)
 {
     struct dlv_msg *m = msg_new(dl, sm->id, sm->sender, sm->rcpts,
                                 sm->rcpt_count, sm->body, sm->body_iov_count,
-                                sm->body_bytes);
+                                sm->body_bytes,
+                                policy_bytes(sm->binding,
+                                             sm->routing_domain));
 
     m->received_unix = sm->received_unix;
     m->received_ms = delivery_wall_ms();
     m->seg_seq = sm->seg_seq;
+    msg_policy(m, sm->binding, sm->routing_domain, sm->priority);
     items_make(dl, m);
     delivery_msg_unref(dl, m);
 }
@@ -749,12 +796,15 @@ delivery_recovered(struct delivery *dl, const struct spool_found *f)
 {
     struct iovec iov = { (void *)f->body, (size_t)f->body_bytes };
     struct dlv_msg *m = msg_new(dl, f->id, f->sender, f->rcpts,
-                                f->rcpt_count, &iov, 1, f->body_bytes);
+                                f->rcpt_count, &iov, 1, f->body_bytes,
+                                policy_bytes(f->binding,
+                                             f->routing_domain));
     unsigned i;
 
     m->received_unix = f->received_unix;
     m->received_ms = (uint64_t)f->received_unix * 1000;
     m->seg_seq = f->segment_seq;
+    msg_policy(m, f->binding, f->routing_domain, f->priority);
     for (i = 0; f->rcpt_done != NULL && i < f->rcpt_count; i++)
         m->rcpt_done[i] = f->rcpt_done[i];
     dl->env.stats->recovered++;

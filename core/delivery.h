@@ -167,6 +167,10 @@ struct dlv_msg {
     uint64_t received_ms;        /* wall clock, for queue time and expiry */
     uint64_t seg_seq;            /* its spool segment: spool_release() */
     unsigned refs;               /* items, marks, bounces, writes */
+    const char *binding;         /* policy's choice; NULL: default */
+    const char *routing_domain;  /* policy's choice; NULL: each rcpt's */
+    unsigned priority;           /* 1..100; 0: QUEUE_PRIORITY_NORMAL */
+    char *policy_strings;        /* room for the two above, in the block */
 };
 
 /* One message's recipients for one destination: what the queue holds. */

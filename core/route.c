@@ -4,27 +4,48 @@
 #include "route.h"
 
 #include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "util.h"
 
 
-/* route_dest_get - the destination of domain, made on first use */
+/*
+ * route_dest_get - the destination of domain through binding (NULL or ""
+ * for the default), made on first use. A destination with a binding of
+ * its own is queued under "domain<TAB>binding": its own connections, its
+ * own limits, the binding's source address and EHLO name.
+ */
 struct route_dest *
-route_dest_get(struct delivery *dl, const char *domain)
+route_dest_get(struct delivery *dl, const char *domain, const char *binding)
 {
     const struct conf *c = dl->env.conf;
-    struct queue_dest *qd = queue_dest_get(&dl->q, domain);
-    struct route_dest *rd = qd->user;
+    const struct conf_binding *b = binding != NULL && binding[0] != '\0'
+                                       ? conf_binding_find(c, binding)
+                                       : NULL;
+    char key[600];
+    struct queue_dest *qd;
+    struct route_dest *rd;
     unsigned limit, shards = dl->env.shard_count;
 
+    /* A binding that a reload or restart removed: the default one. */
+    if (b == NULL || b == conf_binding_default(c)) {
+        b = conf_binding_default(c);
+        qd = queue_dest_get(&dl->q, domain);
+    } else {
+        snprintf(key, sizeof key, "%s\t%s", domain, b->name);
+        qd = queue_dest_get(&dl->q, key);
+    }
+    rd = qd->user;
     if (rd != NULL)
         return rd;
     rd = xcalloc(1, sizeof *rd);
     rd->qd = qd;
-    rd->domain = qd->name;
-    rd->dom = conf_domain_find(c, qd->name);
-    rd->binding = conf_binding_default(c);
+    rd->domain_own = strndup(qd->name, strcspn(qd->name, "\t"));
+    rd->domain = rd->domain_own;
+    rd->dom = conf_domain_find(c, rd->domain);
+    rd->binding = b;
     rd->gw = conf_binding_gateway(rd->binding, rd->dom);
     rd->thr = conf_binding_throttle(rd->binding, rd->dom);
     rd->port = rd->gw != NULL ? rd->gw->port : rd->dom->outbound_smtp_port;
@@ -126,6 +147,7 @@ route_fini(struct delivery *dl)
         next = rd->next;
         ASSERT(rd->conns == 0);
         rd->qd->user = NULL;
+        free(rd->domain_own);
         free(rd);
     }
     dl->dests = NULL;

@@ -16,8 +16,8 @@
  *   A destination is a routing domain (the MX set and the binding come
  *   later). route_dest_get() finds or makes the one of domain, hangs it on
  *   its queue destination (qd->user) and reads its options once from the
- *   configuration: the default binding (XXX: msg:binding() is the Lua
- *   issue), conf_domain_find(), conf_binding_gateway() and the limits.
+ *   configuration: the message's binding (policy's msg:binding(), else
+ *   the default), conf_domain_find(), conf_binding_gateway() and the limits.
  *
  *   route_resolve() finds the next hops: with a Gateway given as a name,
  *   its addresses (dns_resolve_a); without a Gateway, the domain's MX
@@ -56,7 +56,8 @@
 
 struct route_dest {
     struct queue_dest *qd;
-    const char *domain;          /* qd->name, lower case */
+    const char *domain;          /* the routing domain, lower case */
+    char *domain_own;            /* malloc'd copy behind domain */
     const struct conf_domain *dom;
     const struct conf_binding *binding;
     const struct conf_gateway *gw;   /* NULL: MX */
@@ -85,7 +86,8 @@ struct route_bucket {
     int primed;
 };
 
-struct route_dest *route_dest_get(struct delivery *dl, const char *domain);
+struct route_dest *route_dest_get(struct delivery *dl, const char *domain,
+                                  const char *binding);
 void route_resolve(struct delivery *dl, struct route_dest *rd,
                    struct dns_req *req, dns_req_fn *cb);
 int route_literal(const struct route_dest *rd, struct sockaddr_storage *addr,

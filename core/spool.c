@@ -147,7 +147,9 @@ struct spool_msg_dec {
     int64_t received_unix;
     uint64_t body_bytes;
     uint32_t rcpt_count;
+    uint32_t flags;              /* SPOOL_MSG_F_*, priority */
     const char *id, *sender, *peer;
+    const char *binding, *routing_domain;   /* "" when not set */
     const unsigned char *body;
 };
 
@@ -267,6 +269,15 @@ spool_get_str(const unsigned char **pp, const unsigned char *end,
 }
 
 
+/* spool_msg_has_policy - does m carry what policy chose (MSG flags)? */
+static int
+spool_msg_has_policy(const struct spool_msg *m)
+{
+    return m->binding != NULL || m->routing_domain != NULL ||
+           m->priority != 0;
+}
+
+
 /* spool_msg_meta_bytes - MSG payload bytes before the body */
 static uint64_t
 spool_msg_meta_bytes(const struct spool_msg *m)
@@ -279,6 +290,11 @@ spool_msg_meta_bytes(const struct spool_msg *m)
     n += spool_rec_str_size(m->peer != NULL ? strlen(m->peer) : 0);
     for (i = 0; i < m->rcpt_count; i++)
         n += spool_rec_str_size(strlen(m->rcpts[i]));
+    if (spool_msg_has_policy(m)) {
+        n += spool_rec_str_size(m->binding ? strlen(m->binding) : 0);
+        n += spool_rec_str_size(m->routing_domain ? strlen(m->routing_domain)
+                                                  : 0);
+    }
     return n;
 }
 
@@ -314,6 +330,11 @@ spool_msg_decode(const unsigned char *pl, uint64_t len,
     d->received_unix = (int64_t)spool_rec_get64(pl);
     d->body_bytes = spool_rec_get64(pl + 8);
     d->rcpt_count = spool_rec_get32(pl + 16);
+    d->flags = spool_rec_get32(pl + 20);
+    d->binding = d->routing_domain = "";
+    if ((d->flags & ~(SPOOL_MSG_F_POLICY | SPOOL_MSG_F_PRIO_MASK)) != 0 ||
+        (d->flags & SPOOL_MSG_F_PRIO_MASK) > 100)
+        return -EBADMSG;
     if (d->body_bytes > len - SPOOL_MSG_FIXED_BYTES)
         return -EBADMSG;
     end = pl + (len - d->body_bytes);
@@ -333,6 +354,10 @@ spool_msg_decode(const unsigned char *pl, uint64_t len,
         if (rcpts != NULL)
             rcpts[i] = r;
     }
+    if ((d->flags & SPOOL_MSG_F_POLICY) &&
+        (spool_get_str(&p, end, &d->binding) < 0 ||
+         spool_get_str(&p, end, &d->routing_domain) < 0))
+        return -EBADMSG;
     if (p != end)
         return -EBADMSG;
     d->body = end;
@@ -1214,13 +1239,22 @@ spool_batch_add(struct spool_batch *b, struct spool_msg *m,
     spool_rec_put64(p, (uint64_t)m->received_unix);
     spool_rec_put64(p + 8, m->body_bytes);
     spool_rec_put32(p + 16, m->rcpt_count);
-    spool_rec_put32(p + 20, 0);
+    spool_rec_put32(p + 20, spool_msg_has_policy(m)
+                                ? SPOOL_MSG_F_POLICY | (m->priority & 0xff)
+                                : 0);
     p += SPOOL_MSG_FIXED_BYTES;
     p = spool_put_str(p, m->id, id_len);
     p = spool_put_str(p, m->sender, strlen(m->sender));
     p = spool_put_str(p, peer, strlen(peer));
     for (i = 0; i < m->rcpt_count; i++)
         p = spool_put_str(p, m->rcpts[i], strlen(m->rcpts[i]));
+    if (spool_msg_has_policy(m)) {
+        const char *bd = m->binding ? m->binding : "";
+        const char *rd = m->routing_domain ? m->routing_domain : "";
+
+        p = spool_put_str(p, bd, strlen(bd));
+        p = spool_put_str(p, rd, strlen(rd));
+    }
     ASSERT((uint64_t)(p - rec) == SPOOL_REC_HDR_BYTES + meta_bytes);
     for (i = 0; i < m->body_iov_count; i++) {
         memcpy(p, m->body[i].iov_base, m->body[i].iov_len);
@@ -2043,6 +2077,9 @@ spool_scan_report(struct spool_scanner *sc, spool_recovered_fn *cb,
         f.rcpts = rcpts;
         f.rcpt_count = d.rcpt_count;
         f.peer = d.peer;
+        f.binding = d.binding;
+        f.routing_domain = d.routing_domain;
+        f.priority = d.flags & SPOOL_MSG_F_PRIO_MASK;
         f.body = (const char *)d.body;
         f.body_bytes = d.body_bytes;
         f.segment = sg->name;

@@ -167,6 +167,9 @@ struct spool_found {
     const char *const *rcpts;
     unsigned rcpt_count;
     const char *peer;
+    const char *binding;         /* "" when policy chose none */
+    const char *routing_domain;  /* "" when policy chose none */
+    unsigned priority;           /* 0: default */
     const char *body;            /* valid only during the callback */
     uint64_t body_bytes;
     const char *segment;         /* file name */

@@ -48,8 +48,12 @@
  *   Payloads, with str = u32 length, the bytes, a NUL (not counted):
  *     SEGHDR  u32 shard id, u32 salt, u64 segment seq, i64 created (unix s),
  *             u64 bytes preallocated at creation
- *     MSG     i64 received (unix s), u64 body bytes, u32 rcpt count, u32 0,
- *             str id, str sender, str peer, str rcpt * count, body
+ *     MSG     i64 received (unix s), u64 body bytes, u32 rcpt count,
+ *             u32 flags, str id, str sender, str peer, str rcpt * count,
+ *             [str binding, str routing domain when flags has
+ *             SPOOL_MSG_F_POLICY], body. flags' low byte is the priority
+ *             policy gave (1..100, 0: default). Records written before
+ *             policy existed have flags 0 and read the same.
  *     END     u64 offset of the MSG record, u32 that MSG's payload crc,
  *             u32 0, str id
  *     DONE    u32 rcpt index or SPOOL_RCPT_ALL, u32 0, str id
@@ -103,6 +107,9 @@
 #define SPOOL_REC_PAD    6
 
 #define SPOOL_RCPT_ALL 0xffffffffu
+
+#define SPOOL_MSG_F_PRIO_MASK 0xffu
+#define SPOOL_MSG_F_POLICY    0x100u   /* binding, routing domain follow */
 
 #define SPOOL_SEGHDR_PAYLOAD_BYTES 32
 #define SPOOL_MSG_FIXED_BYTES      24   /* MSG payload before its strings */
