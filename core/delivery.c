@@ -255,6 +255,40 @@ item_free(struct delivery *dl, struct dlv_item *it)
 }
 
 
+/*
+ * relay_control - an item is about to become ready: policy's CheckFile
+ * sets its priority, or holds it until its next retry time (1: held).
+ * Past its expiry it is not asked: expiry decides.
+ */
+static int
+relay_control(void *arg, struct queue_item *qi)
+{
+    struct delivery *dl = arg;
+    struct dlv_item *it = container_of(qi, struct dlv_item, qi);
+    struct route_dest *rd = qi->dest->user;
+    struct delivery_relay r = { 0 };
+    uint64_t now = delivery_wall_ms(), delay;
+
+    if (dl->env.relay_check == NULL || now >= it->expire_ms ||
+        dl->env.relay_check(dl->env.relay_arg, it->msg, &r) <= 0)
+        return 0;
+    if (r.priority >= 1 && r.priority <= QUEUE_PRIORITY_MAX)
+        it->qi.priority = r.priority;
+    if (!r.skip)
+        return 0;
+    dl->env.stats->held++;
+    delay = queue_backoff_ms(rd->dom->retry_interval_ms, it->attempt + 1,
+                             delivery_rand(dl));
+    if (now + delay > it->expire_ms)
+        delay = it->expire_ms - now;
+    log_panic("delivery", "relay control: %s held for %llu s: %s",
+              it->msg->id, (unsigned long long)(delay / 1000),
+              r.reason[0] ? r.reason : "SkipSend");
+    queue_defer(&dl->q, &it->qi, now_ms() + delay);
+    return 1;
+}
+
+
 /* items_make - queue m's recipients not yet done, one item per domain */
 static void
 items_make(struct delivery *dl, struct dlv_msg *m)
@@ -281,7 +315,8 @@ items_make(struct delivery *dl, struct dlv_msg *m)
             idx[n++] = j;
         }
         it = item_new(dl, m, idx, n, &rd);
-        queue_ready(&dl->q, rd->qd, &it->qi);
+        if (!relay_control(dl, &it->qi))
+            queue_ready(&dl->q, rd->qd, &it->qi);
     }
     free(taken);
     free(idx);
@@ -949,6 +984,8 @@ delivery_init(struct delivery *dl, const struct delivery_env *env)
     dl->rng = now_us() ^ ((uint64_t)env->shard_id << 48) ^
               0x9e3779b97f4a7c15ull;
     queue_init(&dl->q, now_ms());
+    dl->q.ready_hook = relay_control;
+    dl->q.hook_arg = dl;
     dl->buckets = xcalloc(MAX(c->throttle_bucket_count, 1u),
                           sizeof *dl->buckets);
     if (c->nameserver_count > 0) {

@@ -102,6 +102,21 @@ struct delivery_stats {
     uint64_t dup_window_max;
     uint64_t abandoned;          /* recipients whose data was sent when the
                                     connection was dropped at stop */
+    uint64_t held;               /* relay control's SkipSend */
+};
+
+struct dlv_msg;
+
+/*
+ * What relay control decided for a message about to be sent (VPOP3's
+ * Actions): hold it until its next retry time (the hold counts toward its
+ * expiry; reason is logged), or send it with this priority (1..100, 100
+ * first).
+ */
+struct delivery_relay {
+    int skip;
+    unsigned priority;
+    char reason[256];
 };
 
 /* What the shard lends the delivery side. */
@@ -113,6 +128,10 @@ struct delivery_env {
     unsigned shard_id;
     unsigned shard_count;        /* limits are shared out per shard */
     struct delivery_stats *stats;
+    /* relay control (policy's CheckFile), or NULL: see delivery_relay */
+    int (*relay_check)(void *arg, const struct dlv_msg *m,
+                       struct delivery_relay *out);
+    void *relay_arg;
 };
 
 struct dlv_msg;

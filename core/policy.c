@@ -57,7 +57,7 @@ enum outcome {
 };
 
 __thread struct policy_run *policy_cur;
-static __thread long policy_pcall_budget;
+__thread long policy_pcall_budget;
 
 static const char *const phase_names[POLICY_PHASE_COUNT] = {
     [POLICY_CONNECT] = "validate_connect",
@@ -70,6 +70,7 @@ static const char *const phase_names[POLICY_PHASE_COUNT] = {
     [POLICY_DATA_SPOOL] = "validate_data_spool",
     [POLICY_DATA_SPOOL_EACH_RCPT] = "validate_data_spool_each_rcpt",
     [POLICY_SET_BINDING] = "validate_set_binding",
+    [POLICY_HOOK_ROUTING] = "core_config_get_message_routing_domain",
 };
 
 
@@ -151,8 +152,8 @@ policy_hook(lua_State *L, lua_Debug *ar)
 }
 
 
-static void
-hook_reset(lua_State *L)
+void
+policy_hook_reset(lua_State *L)
 {
     lua_sethook(L, policy_hook, LUA_MASKCOUNT, POLICY_HOOK_COUNT);
 }
@@ -166,7 +167,7 @@ pcall_budget(lua_State *L, int nargs, int nres, const char **err)
 
     policy_pcall_budget = (long)policy_opts_live.instruction_budget;
     rc = lua_pcall(L, nargs, nres, 0);
-    hook_reset(L);
+    policy_hook_reset(L);
     if (rc != 0) {
         *err = lua_tostring(L, -1);
         if (*err == NULL)
@@ -244,7 +245,7 @@ policy_master_build(struct policy_gen *g, struct policy_engine *pe,
         luaJIT_setmode(m->L, 0, LUAJIT_MODE_ENGINE | LUAJIT_MODE_OFF);
     lua_gc(m->L, LUA_GCSETPAUSE, (int)o->gc_pause);
     lua_gc(m->L, LUA_GCSETSTEPMUL, (int)o->gc_stepmul);
-    hook_reset(m->L);
+    policy_hook_reset(m->L);
     policy_api_open(m->L, m);
 
     for (i = 0; i < g->script_count && !failed; i++) {
@@ -424,7 +425,7 @@ callout_resume(struct policy_run *r, int nargs)
     policy_cur = prev;
 
     if (r->killed) {
-        hook_reset(m->L);
+        policy_hook_reset(m->L);
         co_drop(m, r->co_ref);
         ps->pe->stats.budget_exhausted++;
         run_fail(r, "instruction budget exhausted");
@@ -455,7 +456,9 @@ callout_resume(struct policy_run *r, int nargs)
         return OUT_STOP;
     }
     ret = -1;
-    if (lua_gettop(co) >= 1 && lua_type(co, 1) == LUA_TNUMBER) {
+    if (r->phase == POLICY_HOOK_ROUTING) {
+        ret = POLICY_VALIDATE_CONT;      /* a hook returns #buff: any */
+    } else if (lua_gettop(co) >= 1 && lua_type(co, 1) == LUA_TNUMBER) {
         lua_Number v = lua_tonumber(co, 1);
 
         if (v == 0 || v == 1 || (v == 2 && r->phase != POLICY_SET_BINDING))

@@ -100,6 +100,7 @@ enum policy_phase {
     POLICY_DATA_SPOOL,
     POLICY_DATA_SPOOL_EACH_RCPT,
     POLICY_SET_BINDING,
+    POLICY_HOOK_ROUTING,         /* core_config_get_message_routing_domain */
     POLICY_PHASE_COUNT,
 };
 
@@ -199,6 +200,20 @@ void policy_cancel(struct policy_sess *ps);
 void policy_sess_close(struct policy_sess *ps);
 
 const char *policy_phase_name(enum policy_phase ph);
+
+/* Relay control: a message about to be sent, as CheckFile sees it. */
+struct policy_relay_msg {
+    const char *id;
+    int64_t created_unix;
+    const char *return_path;
+    const char *const *rcpts;
+    unsigned rcpt_count;
+    const char *data;            /* the whole message */
+    uint64_t data_bytes;
+};
+int policy_relay_check(struct policy_engine *pe,
+                       const struct policy_relay_msg *m, int *skip,
+                       unsigned *priority, char *reason, size_t reason_len);
 
 /* statistics, summed over shards by daemon.c */
 struct policy_stats {

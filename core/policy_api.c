@@ -40,8 +40,7 @@
 #define MASTER_KEY "ringmail.master"
 
 static const char *const extra_methods[] = {
-    "init", "deinit", "validate_dealloc",
-    "core_config_get_message_routing_domain", "CheckFile",
+    "init", "deinit", "validate_dealloc", "CheckFile",
 };
 
 
@@ -288,8 +287,6 @@ method_bit(const char *name)
         return POLICY_M_DEINIT;
     if (strcmp(name, "validate_dealloc") == 0)
         return POLICY_M_DEALLOC;
-    if (strcmp(name, "core_config_get_message_routing_domain") == 0)
-        return POLICY_M_ROUTING;
     if (strcmp(name, "CheckFile") == 0)
         return POLICY_M_CHECKFILE;
     return 0;

@@ -25,7 +25,6 @@
 #define POLICY_M_INIT (1u << POLICY_PHASE_COUNT)
 #define POLICY_M_DEINIT (1u << (POLICY_PHASE_COUNT + 1))
 #define POLICY_M_DEALLOC (1u << (POLICY_PHASE_COUNT + 2))
-#define POLICY_M_ROUTING (1u << (POLICY_PHASE_COUNT + 3))   /* hook point */
 #define POLICY_M_CHECKFILE (1u << (POLICY_PHASE_COUNT + 4)) /* relay control */
 
 #define POLICY_HOOK_COUNT 1000    /* VM instructions between budget checks */
@@ -196,6 +195,8 @@ struct policy_engine {
 
 extern struct policy_opts policy_opts_live;
 extern __thread struct policy_run *policy_cur;
+extern __thread long policy_pcall_budget;
+void policy_hook_reset(lua_State *L);
 
 /* policy.c */
 struct policy_master *policy_master_build(struct policy_gen *g,

@@ -39,6 +39,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "policy_int.h"
 #include "util.h"
@@ -813,6 +814,62 @@ push_accept(lua_State *L, struct policy_run *r)
 }
 
 
+/* buff: Momentum's ec_string for a char * + int hook parameter */
+#define BUFF_MT "ringmail.buff"
+
+
+static int
+buff_set(lua_State *L)
+{
+    struct policy_sess *ps = *(struct policy_sess **)luaL_checkudata(L, 1,
+                                                                     BUFF_MT);
+    size_t len;
+    const char *v = luaL_checklstring(L, 2, &len);
+
+    if (policy_cur == NULL || policy_cur->ps != ps)
+        return luaL_error(L, "buff used outside its hook");
+    safe_value(L, v, len, "buff:set");
+    if (len == 0 || len > 255)
+        return luaL_error(L, "buff:set: expected 1 to 255 characters");
+    ps->routing_domain = arena_strndup(mess_arena(ps), v, len);
+    return 0;
+}
+
+
+static int
+buff_len(lua_State *L)
+{
+    struct policy_sess *ps = *(struct policy_sess **)luaL_checkudata(L, 1,
+                                                                     BUFF_MT);
+
+    lua_pushinteger(L, ps->routing_domain ? (lua_Integer)strlen(
+                                                ps->routing_domain) : 0);
+    return 1;
+}
+
+
+static int
+buff_tostring(lua_State *L)
+{
+    struct policy_sess *ps = *(struct policy_sess **)luaL_checkudata(L, 1,
+                                                                     BUFF_MT);
+
+    lua_pushstring(L, ps->routing_domain ? ps->routing_domain : "");
+    return 1;
+}
+
+
+static void
+push_buff(lua_State *L, struct policy_run *r)
+{
+    struct policy_sess **u = lua_newuserdata(L, sizeof *u);
+
+    *u = r->ps;
+    luaL_getmetatable(L, BUFF_MT);
+    lua_setmetatable(L, -2);
+}
+
+
 void
 policy_push_callout_args(lua_State *L, struct policy_run *r)
 {
@@ -854,6 +911,11 @@ policy_push_callout_args(lua_State *L, struct policy_run *r)
         break;
     case POLICY_SET_BINDING:
         push_msg(L, r);
+        break;
+    case POLICY_HOOK_ROUTING:
+        lua_pushnil(L);                          /* scope */
+        push_msg(L, r);
+        push_buff(L, r);
         break;
     default:
         break;
@@ -951,6 +1013,17 @@ policy_msg_open(lua_State *L)
         { NULL, NULL },
     };
 
+    luaL_newmetatable(L, BUFF_MT);
+    lua_newtable(L);
+    lua_pushcfunction(L, buff_set);
+    lua_setfield(L, -2, "set");
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, buff_len);
+    lua_setfield(L, -2, "__len");
+    lua_pushcfunction(L, buff_tostring);
+    lua_setfield(L, -2, "__tostring");
+    lua_pop(L, 1);
+
     luaL_newmetatable(L, MSG_MT);
     lua_newtable(L);
     luaL_register(L, NULL, methods);
@@ -962,4 +1035,145 @@ policy_msg_open(lua_State *L)
     lua_pushliteral(L, "ec_message");
     lua_setfield(L, -2, "__metatable");
     lua_pop(L, 1);
+}
+
+
+/* --- relay control ------------------------------------------------------ */
+
+/* push_header_tables - HeaderData (name -> value) and HeaderLines */
+static void
+push_header_tables(lua_State *L, const char *data, uint64_t len)
+{
+    const char *p = data, *end = data + (len < 65536 ? len : 65536);
+    int n = 0;
+
+    lua_newtable(L);                         /* HeaderData */
+    lua_newtable(L);                         /* HeaderLines */
+    while (p < end) {
+        const char *start = p, *colon, *v, *ve;
+
+        if (end - p >= 2 && p[0] == '\r' && p[1] == '\n')
+            break;
+        while (p < end) {
+            const char *nl = memchr(p, '\n', (size_t)(end - p));
+
+            if (nl == NULL) {
+                p = end;
+                break;
+            }
+            p = nl + 1;
+            if (p >= end || (*p != ' ' && *p != '\t'))
+                break;
+        }
+        ve = p;
+        while (ve > start && (ve[-1] == '\r' || ve[-1] == '\n'))
+            ve--;
+        lua_pushlstring(L, start, (size_t)(ve - start));
+        lua_rawseti(L, -2, ++n);
+        colon = memchr(start, ':', (size_t)(ve - start));
+        if (colon == NULL)
+            continue;
+        v = colon + 1;
+        while (v < ve && (*v == ' ' || *v == '\t'))
+            v++;
+        lua_pushlstring(L, start, (size_t)(colon - start));
+        lua_pushlstring(L, v, (size_t)(ve - v));
+        lua_rawset(L, -4);
+    }
+}
+
+
+/*
+ * policy_relay_check - run every CheckFile (VPOP3 relay control) for m:
+ * 1 with the decision, 0 when no script has one or it failed (the message
+ * is sent as usual; the paniclog says why).
+ */
+int
+policy_relay_check(struct policy_engine *pe, const struct policy_relay_msg *m,
+                   int *skip, unsigned *priority, char *reason,
+                   size_t reason_len)
+{
+    struct policy_master *m0;
+    lua_State *L;
+    unsigned i;
+    int any = 0;
+
+    *skip = 0;
+    *priority = 0;
+    if (reason_len > 0)
+        reason[0] = '\0';
+    if (pe == NULL || (m0 = pe->current) == NULL ||
+        !(m0->methods & POLICY_M_CHECKFILE))
+        return 0;
+    L = m0->L;
+    for (i = 0; i < m0->mod_count; i++) {
+        struct policy_module *mod = &m0->mods[i];
+        char when[32];
+        struct tm tm;
+        time_t t = (time_t)m->created_unix;
+        int base = lua_gettop(L), rc, k;
+
+        if (!(mod->methods & POLICY_M_CHECKFILE))
+            continue;
+        lua_rawgeti(L, LUA_REGISTRYINDEX, mod->ref);
+        lua_getfield(L, -1, "CheckFile");
+        lua_insert(L, -2);                              /* fn, self */
+        lua_pushstring(L, m->id);                       /* Filename */
+        lua_createtable(L, 0, 3);                       /* Actions */
+        lua_pushboolean(L, 0);
+        lua_setfield(L, -2, "SkipSend");
+        lua_pushinteger(L, *priority ? (lua_Integer)*priority : 50);
+        lua_setfield(L, -2, "Priority");
+        lua_pushstring(L, "");
+        lua_setfield(L, -2, "Reason");
+        lua_pushvalue(L, -1);
+        lua_insert(L, base + 1);                        /* keep Actions */
+        lua_pushnumber(L, (lua_Number)m->data_bytes);   /* Size */
+        localtime_r(&t, &tm);
+        strftime(when, sizeof when, "%Y%m%d%H%M%S", &tm);
+        lua_pushstring(L, when);                        /* CreationTime */
+        lua_pushstring(L, m->return_path);              /* ReturnPath */
+        lua_createtable(L, (int)m->rcpt_count, 0);      /* Recipients */
+        for (k = 0; k < (int)m->rcpt_count; k++) {
+            lua_pushstring(L, m->rcpts[k]);
+            lua_rawseti(L, -2, k + 1);
+        }
+        push_header_tables(L, m->data, m->data_bytes);  /* Data, Lines */
+        policy_pcall_budget = (long)policy_opts_live.instruction_budget;
+        rc = lua_pcall(L, 9, 1, 0);
+        policy_hook_reset(L);
+        if (rc != 0) {
+            const char *e = lua_tostring(L, -1);
+
+            policy_paniclog("%s: CheckFile error: %s", mod->name,
+                            e ? e : "(null)");
+            lua_settop(L, base);
+            continue;
+        }
+        /* The returned Actions, or the one passed in when it returned
+         * something else (VPOP3 scripts return the parameter). */
+        if (!lua_istable(L, -1)) {
+            lua_pop(L, 1);
+            lua_pushvalue(L, base + 1);
+        }
+        lua_getfield(L, -1, "SkipSend");
+        *skip = lua_isnumber(L, -1) ? lua_tonumber(L, -1) != 0
+                                    : lua_toboolean(L, -1);
+        lua_pop(L, 1);
+        lua_getfield(L, -1, "Priority");
+        if (lua_isnumber(L, -1)) {
+            lua_Number pr = lua_tonumber(L, -1);
+
+            *priority = pr < 1 ? 1 : pr > 100 ? 100 : (unsigned)pr;
+        }
+        lua_pop(L, 1);
+        lua_getfield(L, -1, "Reason");
+        if (lua_isstring(L, -1) && reason_len > 0)
+            snprintf(reason, reason_len, "%s", lua_tostring(L, -1));
+        lua_settop(L, base);
+        any = 1;
+        if (*skip)
+            break;
+    }
+    return any;
 }

@@ -384,6 +384,8 @@ queue_advance(struct queue *q, uint64_t now_ms)
             it->where = QUEUE_NOWHERE;
             it->dest->deferred--;
             q->deferred--;
+            if (q->ready_hook != NULL && q->ready_hook(q->hook_arg, it))
+                continue;        /* held back again */
             queue_ready(q, it->dest, it);
             moved++;
         }

@@ -94,7 +94,16 @@ struct queue_dest {
     void *user;
 };
 
+/*
+ * queue_ready_hook_fn - an item's retry time came: 0 to make it ready (the
+ * hook may change its priority first), 1 when the hook deferred it again
+ * with queue_defer() (relay control's SkipSend).
+ */
+typedef int queue_ready_hook_fn(void *arg, struct queue_item *it);
+
 struct queue {
+    queue_ready_hook_fn *ready_hook;  /* or NULL */
+    void *hook_arg;
     struct queue_dest **buckets;
     unsigned bucket_count;
     unsigned dest_count;

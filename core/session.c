@@ -633,6 +633,7 @@ session_message(struct session *s)
     policy_phase_add(s, POLICY_DATA_SPOOL);
     policy_phase_add(s, POLICY_DATA_SPOOL_EACH_RCPT);
     policy_phase_add(s, POLICY_SET_BINDING);
+    policy_phase_add(s, POLICY_HOOK_ROUTING);
     if (s->pol_count == 0) {
         session_commit(s);
         return;

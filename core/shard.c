@@ -304,6 +304,28 @@ shard_recovered(void *arg, const struct spool_found *f)
 }
 
 
+/* shard_relay_check - delivery asks policy's CheckFile about m */
+static int
+shard_relay_check(void *arg, const struct dlv_msg *m,
+                  struct delivery_relay *out)
+{
+    struct shard *sh = arg;
+    struct policy_relay_msg rm;
+
+    if (!policy_engine_active(sh->policy))
+        return 0;
+    rm.id = m->id;
+    rm.created_unix = m->received_unix;
+    rm.return_path = m->sender;
+    rm.rcpts = (const char *const *)m->rcpts;
+    rm.rcpt_count = m->rcpt_count;
+    rm.data = m->body;
+    rm.data_bytes = m->body_bytes;
+    return policy_relay_check(sh->policy, &rm, &out->skip, &out->priority,
+                              out->reason, sizeof out->reason);
+}
+
+
 static int
 shard_init(struct shard *sh)
 {
@@ -334,6 +356,8 @@ shard_init(struct shard *sh)
     env.shard_id = sh->id;
     env.shard_count = sh->shard_count;
     env.stats = &sh->stats.dlv;
+    env.relay_check = shard_relay_check;
+    env.relay_arg = sh;
     delivery_init(&sh->dlv, &env);
     sh->dlv_ok = 1;
     sh->policy = policy_engine_create(&sh->loop, &sh->dlv.dns, sh->conf,
