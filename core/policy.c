@@ -313,6 +313,7 @@ policy_master_close(struct policy_master *m)
             lua_pop(m->L, 1);
         }
     }
+    policy_timers_close(m);
     lua_close(m->L);
     for (i = 0; i < m->mod_count; i++)
         free(m->mods[i].name);
@@ -951,5 +952,7 @@ policy_engine_destroy(struct policy_engine *pe)
         pe->current->users = 0;
         policy_master_close(pe->current);
     }
+    /* The ring is about to go: no CQE will come for these any more. */
+    policy_timers_free(pe);
     free(pe);
 }

@@ -26,6 +26,7 @@
  */
 #include <arpa/inet.h>
 #include <ctype.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -290,6 +291,188 @@ method_bit(const char *name)
     if (strcmp(name, "CheckFile") == 0)
         return POLICY_M_CHECKFILE;
     return 0;
+}
+
+
+/* --- msys.timer --------------------------------------------------------- */
+
+static void timer_arm(struct policy_timer *t, uint64_t ms);
+
+
+static void
+timer_fire(struct op *op, int res, uint32_t flags)
+{
+    struct policy_timer *t = container_of(op, struct policy_timer, op);
+    struct policy_master *m = t->m;
+    struct policy_timer **pp;
+    const char *e;
+    lua_State *L;
+
+    t->armed = 0;
+    if (m == NULL) {
+        /* Orphaned by a closed master: unlink from the engine, free. */
+        if (t->cancel_busy)
+            return;              /* the cancel CQE frees it */
+        for (pp = &t->pe->orphans; *pp != NULL; pp = &(*pp)->next) {
+            if (*pp == t) {
+                *pp = t->next;
+                break;
+            }
+        }
+        free(t);
+        return;
+    }
+    L = m->L;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, t->fn_ref);
+    policy_pcall_budget = (long)policy_opts_live.instruction_budget;
+    if (lua_pcall(L, 0, 0, 0) != 0) {
+        e = lua_tostring(L, -1);
+        policy_paniclog("timer %s error: %s", t->name[0] ? t->name : "-",
+                        e ? e : "(null)");
+        lua_pop(L, 1);
+    }
+    policy_hook_reset(L);
+    if (t->interval_ms > 0 && t->m != NULL) {
+        timer_arm(t, t->interval_ms);
+        return;
+    }
+    /* A one-shot is done: off the master's list. */
+    for (pp = &m->timers; *pp != NULL; pp = &(*pp)->next) {
+        if (*pp == t) {
+            *pp = t->next;
+            break;
+        }
+    }
+    luaL_unref(L, LUA_REGISTRYINDEX, t->fn_ref);
+    free(t);
+}
+
+
+static void
+timer_cancel_done(struct op *op, int res, uint32_t flags)
+{
+    struct policy_timer *t = container_of(op, struct policy_timer,
+                                          cancel_op);
+
+    t->cancel_busy = 0;
+    if (!t->armed)
+        timer_fire(&t->op, -ECANCELED, 0);   /* frees the orphan */
+}
+
+
+static void
+timer_arm(struct policy_timer *t, uint64_t ms)
+{
+    struct io_uring_sqe *sqe;
+
+    t->ts.tv_sec = (long long)(ms / 1000);
+    t->ts.tv_nsec = (long long)(ms % 1000) * 1000000;
+    t->op.done = timer_fire;
+    sqe = loop_sqe(t->pe->lp, &t->op);
+    io_uring_prep_timeout(sqe, &t->ts, 0, 0);
+    t->armed = 1;
+}
+
+
+/* policy_timers_close - the master closes: its timers stop */
+void
+policy_timers_close(struct policy_master *m)
+{
+    struct policy_timer *t, *next;
+
+    for (t = m->timers; t != NULL; t = next) {
+        next = t->next;
+        t->m = NULL;
+        if (!t->armed) {
+            free(t);
+            continue;
+        }
+        t->next = t->pe->orphans;
+        t->pe->orphans = t;
+        if (!t->cancel_busy) {
+            struct io_uring_sqe *sqe;
+
+            t->cancel_op.done = timer_cancel_done;
+            sqe = loop_sqe(t->pe->lp, &t->cancel_op);
+            io_uring_prep_timeout_remove(sqe, (uint64_t)(uintptr_t)&t->op,
+                                         0);
+            t->cancel_busy = 1;
+        }
+    }
+    m->timers = NULL;
+}
+
+
+void
+policy_timers_free(struct policy_engine *pe)
+{
+    struct policy_timer *t, *next;
+
+    for (t = pe->orphans; t != NULL; t = next) {
+        next = t->next;
+        free(t);
+    }
+    pe->orphans = NULL;
+}
+
+
+/* msys.timer.after(seconds, fn [, name]) and every(); at(unix_time, ...) */
+static int
+timer_new(lua_State *L, int kind)
+{
+    lua_Number v = luaL_checknumber(L, 1);
+    struct policy_master *m = api_master(L);
+    struct policy_timer *t;
+    double ms;
+
+    luaL_checktype(L, 2, LUA_TFUNCTION);
+    if (kind == 2)
+        v -= (lua_Number)time(NULL);
+    ms = v * 1000.0;
+    if (kind == 1 && ms < 10)
+        return luaL_error(L, "msys.timer.every: interval below 10 ms");
+    if (ms < 0)
+        ms = 0;
+    if (ms > 86400000.0 * 30)
+        ms = 86400000.0 * 30;
+    if (m->pe == NULL) {
+        /* The main thread's check state: nothing runs timers there. */
+        lua_pushboolean(L, 1);
+        return 1;
+    }
+    t = xcalloc(1, sizeof *t);
+    t->m = m;
+    t->pe = m->pe;
+    t->interval_ms = kind == 1 ? (unsigned)ms : 0;
+    snprintf(t->name, sizeof t->name, "%s", luaL_optstring(L, 3, ""));
+    lua_pushvalue(L, 2);
+    t->fn_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    t->next = m->timers;
+    m->timers = t;
+    timer_arm(t, (uint64_t)ms);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+
+static int
+api_timer_after(lua_State *L)
+{
+    return timer_new(L, 0);
+}
+
+
+static int
+api_timer_every(lua_State *L)
+{
+    return timer_new(L, 1);
+}
+
+
+static int
+api_timer_at(lua_State *L)
+{
+    return timer_new(L, 2);
 }
 
 
@@ -737,6 +920,15 @@ policy_api_open(lua_State *L, struct policy_master *m)
     lua_setfield(L, -2, "lock");
     lua_pushcfunction(L, api_noop);
     lua_setfield(L, -2, "unlock");
+
+    lua_newtable(L);                                   /* msys.timer */
+    lua_pushcfunction(L, api_timer_after);
+    lua_setfield(L, -2, "after");
+    lua_pushcfunction(L, api_timer_every);
+    lua_setfield(L, -2, "every");
+    lua_pushcfunction(L, api_timer_at);
+    lua_setfield(L, -2, "at");
+    lua_setfield(L, -2, "timer");
 
     lua_newtable(L);                                   /* msys.core */
     lua_pushinteger(L, POLICY_VALIDATE_CONT);

@@ -79,6 +79,21 @@ struct policy_module {
     unsigned methods;            /* 1 << phase, POLICY_M_* */
 };
 
+/* msys.timer.after/every/at: one Lua closure run from the shard's loop */
+struct policy_timer {
+    struct op op;
+    struct op cancel_op;
+    struct __kernel_timespec ts;
+    struct policy_master *m;     /* NULL: orphaned, freed by its CQE */
+    struct policy_engine *pe;
+    int fn_ref;
+    unsigned interval_ms;        /* 0: once */
+    unsigned armed : 1;
+    unsigned cancel_busy : 1;
+    char name[64];
+    struct policy_timer *next;
+};
+
 struct policy_master {
     struct policy_engine *pe;    /* NULL: the main thread's check state */
     struct policy_gen *gen;
@@ -97,6 +112,7 @@ struct policy_master {
     unsigned mod_count;
     unsigned methods;            /* OR of every module's */
     uint64_t created_ms;
+    struct policy_timer *timers;
     struct policy_master *next;
 };
 
@@ -190,6 +206,7 @@ struct policy_engine {
     struct policy_gen *gen_seen;
     uint64_t last_reap_ms;
     uint64_t next_conn_id;
+    struct policy_timer *orphans;    /* timers of closed masters */
     struct policy_stats stats;
 };
 
@@ -209,6 +226,8 @@ void policy_paniclog(const char *fmt, ...)
     __attribute__((format(printf, 1, 2)));
 
 /* policy_api.c */
+void policy_timers_close(struct policy_master *m);
+void policy_timers_free(struct policy_engine *pe);
 void policy_api_open(lua_State *L, struct policy_master *m);
 int policy_api_modules(lua_State *L, struct policy_master *m, char *err,
                        size_t errlen);
