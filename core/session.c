@@ -191,7 +191,9 @@ session_touch(struct session *s)
         l = &sh->data_list;
         break;
     case SMTP_STATE_COMMIT:
-        l = &sh->wait_list;
+        /* Waiting for policy (data phases) is waiting for a script, not
+         * for the spool: Idle_Timeout and the drain budget apply. */
+        l = s->policy_busy ? &sh->idle_list : &sh->wait_list;
         break;
     default:
         l = &sh->idle_list;
