@@ -162,6 +162,18 @@ ringspool_print(void *arg, const struct spool_found *f)
     fputs("],\"peer\":", rs->out);
     ringspool_json_str(rs->out, f->peer, strlen(f->peer));
     fprintf(rs->out, ",\"bytes\":%" PRIu64, f->body_bytes);
+    /* What policy chose, when it chose anything. */
+    if (f->binding != NULL && f->binding[0] != '\0') {
+        fputs(",\"binding\":", rs->out);
+        ringspool_json_str(rs->out, f->binding, strlen(f->binding));
+    }
+    if (f->routing_domain != NULL && f->routing_domain[0] != '\0') {
+        fputs(",\"routing_domain\":", rs->out);
+        ringspool_json_str(rs->out, f->routing_domain,
+                           strlen(f->routing_domain));
+    }
+    if (f->priority != 0)
+        fprintf(rs->out, ",\"priority\":%u", f->priority);
     if (rs->body) {
         fputs(",\"body\":", rs->out);
         ringspool_json_str(rs->out, f->body, f->body_bytes);
