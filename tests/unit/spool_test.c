@@ -62,6 +62,9 @@ struct found_copy {
     char segment[64];
     uint64_t offset;
     int64_t received_unix;
+    char binding[64];
+    char routing_domain[64];
+    unsigned priority;
 };
 
 struct found_set {
@@ -145,6 +148,10 @@ found_collect(void *arg, const struct spool_found *f)
     snprintf(c->segment, sizeof c->segment, "%s", f->segment);
     c->offset = f->offset;
     c->received_unix = f->received_unix;
+    snprintf(c->binding, sizeof c->binding, "%s", f->binding);
+    snprintf(c->routing_domain, sizeof c->routing_domain, "%s",
+             f->routing_domain);
+    c->priority = f->priority;
 }
 
 
@@ -634,6 +641,48 @@ test_recover_exact(void **state)
     }
     /* A reopened spool never appends to an old segment. */
     assert_int_equal(count_segments(fx->shard), 2);
+    test_msgs_free(v, ARRAY_SIZE(v));
+}
+
+
+/* What policy chose (binding, routing domain, priority) survives a restart;
+ * messages without a choice read back without one. */
+static void
+test_policy_fields(void **state)
+{
+    struct fixture *fx = *state;
+    struct test_msg *v[4];
+    const struct found_copy *c;
+    size_t i;
+
+    fx_open(fx, 1 << 20);
+    for (i = 0; i < ARRAY_SIZE(v); i++)
+        v[i] = test_msg_make(fx, (unsigned)i, 100 + i);
+    v[0]->m.binding = "b1";
+    v[1]->m.routing_domain = "elsewhere.example";
+    v[2]->m.priority = 100;
+    v[2]->m.binding = "b2";
+    v[2]->m.routing_domain = "r.example";
+    fx_commit_all(fx, v, ARRAY_SIZE(v), 4);
+    fx_close(fx);
+    fx_open(fx, 1 << 20);
+    assert_int_equal(fx->found.n, ARRAY_SIZE(v));
+    for (i = 0; i < ARRAY_SIZE(v); i++)
+        check_found(&fx->found, v[i]);
+    c = found_get(&fx->found, v[0]->id);
+    assert_string_equal(c->binding, "b1");
+    assert_string_equal(c->routing_domain, "");
+    assert_int_equal(c->priority, 0);
+    c = found_get(&fx->found, v[1]->id);
+    assert_string_equal(c->binding, "");
+    assert_string_equal(c->routing_domain, "elsewhere.example");
+    c = found_get(&fx->found, v[2]->id);
+    assert_string_equal(c->binding, "b2");
+    assert_string_equal(c->routing_domain, "r.example");
+    assert_int_equal(c->priority, 100);
+    c = found_get(&fx->found, v[3]->id);
+    assert_string_equal(c->binding, "");
+    assert_int_equal(c->priority, 0);
     test_msgs_free(v, ARRAY_SIZE(v));
 }
 
@@ -1975,6 +2024,8 @@ main(void)
         cmocka_unit_test(test_crc32c_vector),
         cmocka_unit_test_setup_teardown(test_group_commit_one_fdatasync,
                                         setup, teardown),
+        cmocka_unit_test_setup_teardown(test_policy_fields, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_recover_exact, setup, teardown),
         cmocka_unit_test_setup_teardown(test_ids_unique, setup, teardown),
         cmocka_unit_test_setup_teardown(test_empty_segments_reclaimed, setup,
