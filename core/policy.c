@@ -161,11 +161,12 @@ policy_hook_reset(lua_State *L)
 
 /* pcall_budget - run the function and nargs below it with the budget */
 static int
-pcall_budget(lua_State *L, int nargs, int nres, const char **err)
+pcall_budget(struct policy_master *m, int nargs, int nres, const char **err)
 {
+    lua_State *L = m->L;
     int rc;
 
-    policy_pcall_budget = (long)policy_opts_live.instruction_budget;
+    policy_pcall_budget = (long)m->opts->instruction_budget;
     rc = lua_pcall(L, nargs, nres, 0);
     policy_hook_reset(L);
     if (rc != 0) {
@@ -209,7 +210,7 @@ module_call(struct policy_master *m, struct policy_module *mod,
     lua_rawgeti(L, LUA_REGISTRYINDEX, mod->ref);
     lua_getfield(L, -1, name);
     lua_insert(L, -2);
-    if (pcall_budget(L, 1, 1, err) != 0) {
+    if (pcall_budget(m, 1, 1, err) != 0) {
         lua_pop(L, 1);
         return -1;
     }
@@ -224,13 +225,16 @@ policy_master_build(struct policy_gen *g, struct policy_engine *pe,
                     char *err, size_t errlen)
 {
     struct policy_master *m = xcalloc(1, sizeof *m);
-    const struct policy_opts *o = &policy_opts_live;
+    /* The check state runs with the new generation's options, shards
+     * with the live ones (config set may change them). */
+    const struct policy_opts *o = pe != NULL ? &policy_opts_live : &g->opts;
     size_t i;
     int failed = 0;
 
     err[0] = '\0';
     m->pe = pe;
     m->gen = g;
+    m->opts = o;
     m->limit = (size_t)o->memory_limit;
     m->created_ms = mono_ms();
     ck_pr_inc_int(&g->refs);
@@ -258,7 +262,7 @@ policy_master_build(struct policy_gen *g, struct policy_engine *pe,
             errf(err, errlen, "%s", lua_tostring(m->L, -1));
             lua_pop(m->L, 1);
             failed = 1;
-        } else if (pcall_budget(m->L, 0, 0, &e) != 0) {
+        } else if (pcall_budget(m, 0, 0, &e) != 0) {
             errf(err, errlen, "%s", e);
             lua_pop(m->L, 1);
             failed = 1;

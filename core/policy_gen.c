@@ -232,7 +232,6 @@ struct policy_gen *
 policy_gen_build(const struct conf *c, char *err, size_t errlen)
 {
     const struct conf_scriptlet *sl = &c->scriptlet;
-    struct policy_opts saved = policy_opts_live;
     struct policy_master *m;
     struct policy_gen *g;
     size_t i;
@@ -275,13 +274,12 @@ policy_gen_build(const struct conf *c, char *err, size_t errlen)
         return NULL;
     }
 
-    /* The check runs with the new options: a budget or memory limit too
-     * small for init() fails here, not on the shards. */
-    policy_opts_live = g->opts;
+    /* The check runs with the new options (policy_master_build: no
+     * engine): a budget or memory limit too small for init() fails here,
+     * not on the shards. */
     policy_build_conf = c;
     m = policy_master_build(g, NULL, err, errlen);
     policy_build_conf = NULL;
-    policy_opts_live = saved;
     if (m == NULL) {
         policy_gen_put(g);
         return NULL;

@@ -96,6 +96,7 @@ struct policy_timer {
 
 struct policy_master {
     struct policy_engine *pe;    /* NULL: the main thread's check state */
+    const struct policy_opts *opts;  /* live ones, or the gen's for a check */
     struct policy_gen *gen;
     lua_State *L;
     size_t bytes;
