@@ -118,7 +118,9 @@ policy_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
         m->bytes -= osize;
         return NULL;
     }
-    if (nsize > osize && m->bytes + (nsize - osize) > m->limit) {
+    if (nsize > osize &&
+        m->bytes + (nsize - osize) > m->limit + (m->in_c ? POLICY_C_SLACK
+                                                            : 0)) {
         m->oom = 1;
         return NULL;
     }
@@ -129,6 +131,23 @@ policy_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
     }
     m->bytes = m->bytes - osize + nsize;
     return p;
+}
+
+
+/*
+ * policy_panic - an error outside any protected call. The runner keeps
+ * its own Lua calls (borrowing a coroutine, pushing arguments) inside
+ * POLICY_C_SLACK, so this is a broken invariant: say so and abort rather
+ * than let LuaJIT exit(1) without a word.
+ */
+static int
+policy_panic(lua_State *L)
+{
+    const char *e = lua_tostring(L, -1);
+
+    panic("scriptlet: Lua error outside a protected call: %s",
+          e != NULL ? e : "(not a string)");
+    return 0;
 }
 
 
@@ -207,9 +226,11 @@ module_call(struct policy_master *m, struct policy_module *mod,
     lua_State *L = m->L;
     int ok;
 
+    m->in_c = 1;
     lua_rawgeti(L, LUA_REGISTRYINDEX, mod->ref);
     lua_getfield(L, -1, name);
     lua_insert(L, -2);
+    m->in_c = 0;
     if (pcall_budget(m, 1, 1, err) != 0) {
         lua_pop(L, 1);
         return -1;
@@ -245,6 +266,7 @@ policy_master_build(struct policy_gen *g, struct policy_engine *pe,
         free(m);
         return NULL;
     }
+    lua_atpanic(m->L, policy_panic);
     if (!o->jit)
         luaJIT_setmode(m->L, 0, LUAJIT_MODE_ENGINE | LUAJIT_MODE_OFF);
     lua_gc(m->L, LUA_GCSETPAUSE, (int)o->gc_pause);
@@ -414,6 +436,9 @@ run_fail(struct policy_run *r, const char *why)
 }
 
 
+static enum outcome callout_outcome(struct policy_run *r, int rc);
+
+
 static enum outcome
 callout_resume(struct policy_run *r, int nargs)
 {
@@ -421,13 +446,29 @@ callout_resume(struct policy_run *r, int nargs)
     struct policy_master *m = ps->m;
     struct policy_run *prev = policy_cur;
     lua_State *co = r->co;
-    int rc, ret;
+    int rc;
 
     policy_cur = r;
     r->in_resume = 1;
+    m->in_c = 0;
     rc = lua_resume(co, nargs);
+    m->in_c = 1;                 /* until we are out of this function */
     r->in_resume = 0;
     policy_cur = prev;
+    rc = callout_outcome(r, rc);
+    m->in_c = 0;
+    return rc;
+}
+
+
+/* callout_outcome - what a resume that returned rc means for the phase */
+static enum outcome
+callout_outcome(struct policy_run *r, int rc)
+{
+    struct policy_sess *ps = r->ps;
+    struct policy_master *m = ps->m;
+    lua_State *co = r->co;
+    int ret;
 
     if (r->killed) {
         policy_hook_reset(m->L);
@@ -482,14 +523,37 @@ callout_resume(struct policy_run *r, int nargs)
 }
 
 
+static struct policy_master *engine_current(struct policy_engine *pe);
+static void engine_release(struct policy_engine *pe, struct policy_master *m);
+
+
 static enum outcome
 callout_start(struct policy_run *r)
 {
     struct policy_sess *ps = r->ps;
     struct policy_master *m = ps->m;
     struct policy_module *mod = &m->mods[r->mod];
-    lua_State *co = co_borrow(m, &r->co_ref);
+    lua_State *co;
 
+    /* A session whose state hit the memory limit moves to a fresh one
+     * between callouts (its contexts live in C, not in the state). */
+    if (m->oom && ps->pe != NULL) {
+        struct policy_master *fresh = engine_current(ps->pe);
+
+        /* Same generation: the same modules at the same indices. */
+        if (fresh != NULL && fresh != m && fresh->gen == m->gen) {
+            fresh->users++;
+            engine_release(ps->pe, m);
+            ps->m = m = fresh;
+            mod = &m->mods[r->mod];
+        }
+    }
+    if (m->oom) {
+        run_fail(r, "the Lua state is at its memory limit");
+        return OUT_STOP;
+    }
+    m->in_c = 1;
+    co = co_borrow(m, &r->co_ref);
     r->co = co;
     r->killed = 0;
     r->waiting = POLICY_WAIT_NONE;
@@ -501,6 +565,7 @@ callout_start(struct policy_run *r)
     lua_getfield(co, -1, phase_names[r->phase]);
     lua_insert(co, -2);                          /* fn, self */
     policy_push_callout_args(co, r);
+    m->in_c = 0;
     return callout_resume(r, lua_gettop(co) - 1);
 }
 
@@ -693,8 +758,6 @@ policy_cancel(struct policy_sess *ps)
 
 /* --- sessions ----------------------------------------------------------- */
 
-static struct policy_master *engine_current(struct policy_engine *pe);
-
 
 struct policy_sess *
 policy_sess_open(struct policy_engine *pe, struct arena_pool *pool,
@@ -730,9 +793,6 @@ policy_txn_begin(struct policy_sess *ps)
     if (ps->mess != NULL)
         arena_reset(ps->mess);
 }
-
-
-static void engine_release(struct policy_engine *pe, struct policy_master *m);
 
 
 void

@@ -27,6 +27,7 @@
 #define POLICY_M_DEALLOC (1u << (POLICY_PHASE_COUNT + 2))
 #define POLICY_M_CHECKFILE (1u << (POLICY_PHASE_COUNT + 4)) /* relay control */
 
+#define POLICY_C_SLACK (1u << 20)  /* see policy_panic() */
 #define POLICY_HOOK_COUNT 1000    /* VM instructions between budget checks */
 #define POLICY_CTX_CONN_MAX (64 * 1024)    /* bytes of VCTX_CONN values */
 #define POLICY_CTX_MESS_MAX (256 * 1024)   /* bytes of VCTX_MESS values */
@@ -102,6 +103,8 @@ struct policy_master {
     size_t bytes;
     size_t limit;
     int oom;                     /* an allocation was refused */
+    int in_c;                    /* the runner's own Lua calls: the
+                                  * allocator allows POLICY_C_SLACK more */
     int retired;                 /* no new sessions; close when unused */
     unsigned users;              /* sessions pinning it */
     int *spare;                  /* registry refs of idle coroutines */

@@ -709,6 +709,7 @@ msg_discard(lua_State *L)
     struct policy_sess *ps = msg_check(L, 1);
 
     ps->discard = 1;
+    ps->result.discard = 1;
     if (!lua_isnoneornil(L, 2))
         policy_paniclog("message discarded: %s", luaL_checkstring(L, 2));
     return 0;
@@ -1102,7 +1103,7 @@ policy_relay_check(struct policy_engine *pe, const struct policy_relay_msg *m,
     *priority = 0;
     if (reason_len > 0)
         reason[0] = '\0';
-    if (pe == NULL || (m0 = pe->current) == NULL ||
+    if (pe == NULL || (m0 = pe->current) == NULL || m0->oom ||
         !(m0->methods & POLICY_M_CHECKFILE))
         return 0;
     L = m0->L;
@@ -1115,6 +1116,7 @@ policy_relay_check(struct policy_engine *pe, const struct policy_relay_msg *m,
 
         if (!(mod->methods & POLICY_M_CHECKFILE))
             continue;
+        m0->in_c = 1;                /* the arguments: see policy_panic */
         lua_rawgeti(L, LUA_REGISTRYINDEX, mod->ref);
         lua_getfield(L, -1, "CheckFile");
         lua_insert(L, -2);                              /* fn, self */
@@ -1140,7 +1142,9 @@ policy_relay_check(struct policy_engine *pe, const struct policy_relay_msg *m,
         }
         push_header_tables(L, m->data, m->data_bytes);  /* Data, Lines */
         policy_pcall_budget = (long)policy_opts_live.instruction_budget;
+        m0->in_c = 0;
         rc = lua_pcall(L, 9, 1, 0);
+        m0->in_c = 1;
         policy_hook_reset(L);
         if (rc != 0) {
             const char *e = lua_tostring(L, -1);
@@ -1148,6 +1152,7 @@ policy_relay_check(struct policy_engine *pe, const struct policy_relay_msg *m,
             policy_paniclog("%s: CheckFile error: %s", mod->name,
                             e ? e : "(null)");
             lua_settop(L, base);
+            m0->in_c = 0;
             continue;
         }
         /* The returned Actions, or the one passed in when it returned
@@ -1171,6 +1176,7 @@ policy_relay_check(struct policy_engine *pe, const struct policy_relay_msg *m,
         if (lua_isstring(L, -1) && reason_len > 0)
             snprintf(reason, reason_len, "%s", lua_tostring(L, -1));
         lua_settop(L, base);
+        m0->in_c = 0;
         any = 1;
         if (*skip)
             break;

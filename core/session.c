@@ -69,6 +69,7 @@ struct session {
     int fd;
     struct sockaddr_storage peer;
     char peer_ip[INET6_ADDRSTRLEN];
+    char local_ip[INET6_ADDRSTRLEN];     /* for policy's accept.local_ip */
     struct smtp_server smtp;
 
     struct op recv_op;
@@ -391,6 +392,9 @@ session_commit_done(struct spool_msg *m, int res)
     } else {
         sh->stats.commit_failures++;
     }
+    /* The commit copied what policy changed: the next message starts
+     * clean (headers, VCTX_MESS, binding, priority). */
+    policy_txn_begin(s->ps);
     /* If the peer left before its answer, the message is kept all the same. */
     if (!s->closing) {
         smtp_server_commit_done(&s->smtp, res);
@@ -508,11 +512,13 @@ session_policy_apply(struct session *s)
         smtp_server_message_refused(&s->smtp, res->code ? res->text
                                     : "550 5.7.1 Rejected by policy",
                                     res->disconnect);
+        policy_txn_begin(s->ps);     /* the next message starts clean */
     } else if (res->discard) {
         s->sh->stats.messages_discarded++;
         smtp_server_commit_done(&s->smtp, 0);
+        policy_txn_begin(s->ps);
     } else {
-        session_commit(s);
+        session_commit(s);           /* policy_txn_begin() at its end */
     }
 }
 
@@ -804,6 +810,22 @@ session_connect(struct session *s)
                        ? ntohs(((struct sockaddr_in6 *)&s->peer)->sin6_port)
                        : ntohs(((struct sockaddr_in *)&s->peer)->sin_port);
     pc.hostname = sh->conf->hostname;
+    {
+        struct sockaddr_storage la;
+        socklen_t llen = sizeof la;
+
+        if (getsockname(s->fd, (struct sockaddr *)&la, &llen) == 0) {
+            const void *a = la.ss_family == AF_INET6
+                ? (const void *)&((struct sockaddr_in6 *)&la)->sin6_addr
+                : (const void *)&((struct sockaddr_in *)&la)->sin_addr;
+
+            inet_ntop(la.ss_family, a, s->local_ip, sizeof s->local_ip);
+            pc.local_ip = s->local_ip;
+            pc.local_port = la.ss_family == AF_INET6
+                ? ntohs(((struct sockaddr_in6 *)&la)->sin6_port)
+                : ntohs(((struct sockaddr_in *)&la)->sin_port);
+        }
+    }
     s->ps = policy_sess_open(sh->policy, &sh->pool, s->arena, &pc);
     if (s->ps == NULL) {
         session_greet(s);
