@@ -15,10 +15,13 @@
 #include <arpa/inet.h>
 #include <ares.h>
 #include <errno.h>
+#include <netdb.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/random.h>
 
 #include "log.h"
@@ -30,6 +33,9 @@
 #define DNS_T_CNAME         5
 #define DNS_T_SOA           6
 #define DNS_T_MX            15
+#define DNS_T_NS            2
+#define DNS_T_PTR           12
+#define DNS_T_TXT           16
 #define DNS_T_AAAA          28
 
 #define DNS_SERVERS_MAX     16     /* Nameservers entries */
@@ -1716,4 +1722,231 @@ dns_fini(struct dns *d)
     }
     dns_timer_maybe_free(t);
     d->timer = NULL;
+}
+
+
+/* ------------------------------------------------------------------ */
+/* Record lookups for policy (msys.dnsLookup): uncached, any type.     */
+
+#define DNS_RR_MAX 64            /* records kept per answer */
+#define DNS_RR_BYTES_MAX 65536   /* text kept per answer */
+
+/* rr_add - append one record to the request's block */
+static void
+rr_add(struct dns_rr_req *req, char *blk, size_t *off, unsigned pref,
+       const char *text, size_t len)
+{
+    if (req->count >= DNS_RR_MAX || *off + len + 1 > DNS_RR_BYTES_MAX)
+        return;
+    memcpy(blk + *off, text, len);
+    blk[*off + len] = '\0';
+    req->rr[req->count].pref = pref;
+    req->rr[req->count].text = blk + *off;
+    req->count++;
+    *off += len + 1;
+}
+
+
+static int
+rr_pref_cmp(const void *a, const void *b)
+{
+    const struct dns_rr *x = a, *y = b;
+
+    return (x->pref > y->pref) - (x->pref < y->pref);
+}
+
+
+/* rr_parse - the records of abuf into req (one malloc block) */
+static int
+rr_parse(struct dns_rr_req *req, const unsigned char *abuf, int alen)
+{
+    char *blk;
+    size_t off = 0;
+    int rc = ARES_SUCCESS;
+
+    req->rr = malloc(DNS_RR_MAX * sizeof *req->rr + DNS_RR_BYTES_MAX);
+    if (req->rr == NULL)
+        return ARES_ENOMEM;
+    blk = (char *)(req->rr + DNS_RR_MAX);
+    switch (req->type) {
+    case DNS_T_A: {
+        struct ares_addrttl a[DNS_RR_MAX];
+        int n = DNS_RR_MAX, i;
+        char buf[INET6_ADDRSTRLEN];
+
+        rc = ares_parse_a_reply(abuf, alen, NULL, a, &n);
+        for (i = 0; rc == ARES_SUCCESS && i < n; i++) {
+            inet_ntop(AF_INET, &a[i].ipaddr, buf, sizeof buf);
+            rr_add(req, blk, &off, 0, buf, strlen(buf));
+        }
+        break;
+    }
+    case DNS_T_AAAA: {
+        struct ares_addr6ttl a[DNS_RR_MAX];
+        int n = DNS_RR_MAX, i;
+        char buf[INET6_ADDRSTRLEN];
+
+        rc = ares_parse_aaaa_reply(abuf, alen, NULL, a, &n);
+        for (i = 0; rc == ARES_SUCCESS && i < n; i++) {
+            inet_ntop(AF_INET6, &a[i].ip6addr, buf, sizeof buf);
+            rr_add(req, blk, &off, 0, buf, strlen(buf));
+        }
+        break;
+    }
+    case DNS_T_MX: {
+        struct ares_mx_reply *mx = NULL, *m;
+
+        rc = ares_parse_mx_reply(abuf, alen, &mx);
+        for (m = mx; rc == ARES_SUCCESS && m != NULL; m = m->next)
+            rr_add(req, blk, &off, m->priority, m->host, strlen(m->host));
+        ares_free_data(mx);
+        /* Best first, as Momentum documents; stable for equal ones. */
+        if (req->count > 1)
+            qsort(req->rr, req->count, sizeof *req->rr, rr_pref_cmp);
+        break;
+    }
+    case DNS_T_TXT: {
+        struct ares_txt_ext *txt = NULL, *t;
+        char *joined = blk + DNS_RR_BYTES_MAX / 2;
+        size_t jl = 0;
+
+        /* A record's strings are joined (RFC 7208 3.3); records kept
+         * apart, in answer order. */
+        rc = ares_parse_txt_reply_ext(abuf, alen, &txt);
+        for (t = txt; rc == ARES_SUCCESS && t != NULL; t = t->next) {
+            if (t->record_start && jl > 0) {
+                rr_add(req, blk, &off, 0, joined, jl);
+                jl = 0;
+            }
+            if (jl + t->length < DNS_RR_BYTES_MAX / 2) {
+                memcpy(joined + jl, t->txt, t->length);
+                jl += t->length;
+            }
+        }
+        if (jl > 0)
+            rr_add(req, blk, &off, 0, joined, jl);
+        ares_free_data(txt);
+        break;
+    }
+    case DNS_T_PTR:
+    case DNS_T_NS: {
+        struct hostent *h = NULL;
+        int i;
+
+        if (req->type == DNS_T_PTR)
+            rc = ares_parse_ptr_reply(abuf, alen, NULL, 0, AF_INET, &h);
+        else
+            rc = ares_parse_ns_reply(abuf, alen, &h);
+        for (i = 0; rc == ARES_SUCCESS && h->h_aliases[i] != NULL; i++)
+            rr_add(req, blk, &off, 0, h->h_aliases[i],
+                   strlen(h->h_aliases[i]));
+        if (rc == ARES_SUCCESS && req->type == DNS_T_PTR && req->count == 0)
+            rr_add(req, blk, &off, 0, h->h_name, strlen(h->h_name));
+        if (h != NULL)
+            ares_free_hostent(h);
+        break;
+    }
+    default:
+        rc = ARES_ENOTIMP;
+        break;
+    }
+    return rc;
+}
+
+
+static void
+dns_rr_deferred(struct op *op, int res, uint32_t flags)
+{
+    struct dns_rr_req *req = container_of(op, struct dns_rr_req, op);
+
+    req->cb(req);
+}
+
+
+static void
+dns_rr_answer(void *arg, int status, int timeouts, unsigned char *abuf,
+              int alen)
+{
+    struct dns_rr_req *req = arg;
+    int rc = status;
+
+    if (status == ARES_SUCCESS)
+        rc = rr_parse(req, abuf, alen);
+    if (rc == ARES_SUCCESS && req->count == 0)
+        rc = ARES_ENODATA;
+    switch (rc) {
+    case ARES_SUCCESS:
+        req->status = DNS_OK;
+        req->why = "ok";
+        break;
+    case ARES_ENODATA:
+        req->status = DNS_NO_MX_OR_A;
+        req->why = "no records";
+        break;
+    case ARES_ENOTFOUND:
+        req->status = DNS_NXDOMAIN;
+        req->why = "NXDOMAIN";
+        break;
+    default:
+        req->status = DNS_TEMPFAIL;
+        req->why = rc == ARES_EBADRESP ? "malformed answer"
+                                       : dns_ares_why(rc);
+        break;
+    }
+    loop_defer(req->d->lp, &req->op);
+}
+
+
+/* dns_rr_type - "A", "aaaa", "MX", ... to the query type; -1 if unknown */
+int
+dns_rr_type(const char *name)
+{
+    static const struct { const char *name; int type; } types[] = {
+        { "A", DNS_T_A }, { "AAAA", DNS_T_AAAA }, { "TXT", DNS_T_TXT },
+        { "MX", DNS_T_MX }, { "PTR", DNS_T_PTR }, { "NS", DNS_T_NS },
+    };
+    size_t i;
+
+    for (i = 0; i < ARRAY_SIZE(types); i++) {
+        if (strcasecmp(name, types[i].name) == 0)
+            return types[i].type;
+    }
+    return -1;
+}
+
+
+/* dns_lookup_rr - see dns.h */
+void
+dns_lookup_rr(struct dns *d, const char *name, int type,
+              struct dns_rr_req *req, dns_rr_fn *cb)
+{
+    char norm[DNS_NAME_MAX + 1];
+
+    memset(req, 0, sizeof *req);
+    req->d = d;
+    req->cb = cb;
+    req->type = type;
+    req->op.done = dns_rr_deferred;
+    if (d->closing) {
+        req->status = DNS_TEMPFAIL;
+        req->why = "resolver shut down";
+        loop_defer(d->lp, &req->op);
+        return;
+    }
+    if (dns_name_normalize(name, norm) < 0) {
+        req->status = DNS_NXDOMAIN;
+        req->why = "invalid name";
+        loop_defer(d->lp, &req->op);
+        return;
+    }
+    dns_query(d, norm, type, dns_rr_answer, req);
+}
+
+
+void
+dns_rr_free(struct dns_rr_req *req)
+{
+    free(req->rr);
+    req->rr = NULL;
+    req->count = 0;
 }

@@ -12,6 +12,10 @@
  *   void dns_resolve_a(struct dns *d, const char *host,
  *                      struct dns_req *req, dns_req_fn *cb);
  *   void dns_result_free(struct dns_result *res);
+ *   int  dns_rr_type(const char *name);
+ *   void dns_lookup_rr(struct dns *d, const char *name, int type,
+ *                      struct dns_rr_req *req, dns_rr_fn *cb);
+ *   void dns_rr_free(struct dns_rr_req *req);
  *   const char *dns_status_name(enum dns_status st);
  *   const char *dns_status_code(enum dns_status st);
  *   void dns_fini(struct dns *d);
@@ -234,6 +238,41 @@ void dns_resolve_mx(struct dns *d, const char *domain, struct dns_req *req,
 void dns_resolve_a(struct dns *d, const char *host, struct dns_req *req,
                    dns_req_fn *cb);
 void dns_result_free(struct dns_result *res);
+
+/*
+ * Record lookups for policy (msys.dnsLookup): one query of any type
+ * (dns_rr_type()), uncached, not coalesced. cb runs once, from the loop's
+ * deferred pass, with status DNS_OK (count > 0 records), DNS_NO_MX_OR_A
+ * (the name exists, no record of the type), DNS_NXDOMAIN or DNS_TEMPFAIL
+ * (why says what: "no records", "NXDOMAIN", "timeout", ...). Records: addresses as
+ * text (A, AAAA), MX hosts with their preference (best first), TXT
+ * records with their strings joined, PTR and NS names. At most 64
+ * records, 64 KiB of text. The caller frees with dns_rr_free().
+ */
+struct dns_rr {
+    unsigned pref;              /* MX preference; 0 otherwise */
+    const char *text;
+};
+
+struct dns_rr_req;
+typedef void dns_rr_fn(struct dns_rr_req *req);
+
+struct dns_rr_req {
+    enum dns_status status;
+    const char *why;
+    struct dns_rr *rr;          /* malloc'd block, texts inside */
+    size_t count;
+    /* private */
+    struct op op;
+    struct dns *d;
+    dns_rr_fn *cb;
+    int type;
+};
+
+int dns_rr_type(const char *name);
+void dns_lookup_rr(struct dns *d, const char *name, int type,
+                   struct dns_rr_req *req, dns_rr_fn *cb);
+void dns_rr_free(struct dns_rr_req *req);
 const char *dns_status_name(enum dns_status st);
 const char *dns_status_code(enum dns_status st);
 

@@ -796,68 +796,77 @@ api_noop(lua_State *L)
 
 
 struct dns_lookup {
-    struct dns_req req;
+    struct dns_rr_req req;
     struct policy_run *r;
-    int mx;
+    int priority;                /* {pref, name} pairs for MX */
 };
 
 
 static void
-dns_lookup_done(struct dns_req *req)
+dns_lookup_done(struct dns_rr_req *req)
 {
     struct dns_lookup *dl = container_of(req, struct dns_lookup, req);
     struct policy_run *r = dl->r;
     lua_State *co = r->co;
-    size_t i, k, n = 0;
+    struct policy_master *m = r->ps->m;
+    int mx = req->type == dns_rr_type("MX");
+    size_t i;
 
     r->dns_req = NULL;
+    m->in_c = 1;                 /* pushing the answer: see policy_panic */
     if (req->status != DNS_OK) {
         lua_pushnil(co);
-        lua_pushstring(co, req->status == DNS_TEMPFAIL ? req->why
-                           : req->status == DNS_NXDOMAIN ? "NXDOMAIN"
-                                                         : "no data");
-        policy_run_wake(r, 2);
+        lua_pushstring(co, req->why);
+        dns_rr_free(req);
         free(dl);
+        m->in_c = 0;
+        policy_run_wake(r, 2);
         return;
     }
-    lua_newtable(co);
-    for (i = 0; i < req->result->host_count; i++) {
-        const struct dns_host *h = &req->result->hosts[i];
-
-        if (dl->mx) {
-            lua_pushstring(co, h->name);
-            lua_rawseti(co, -2, (int)++n);
-            continue;
+    lua_createtable(co, (int)req->count, 0);
+    for (i = 0; i < req->count; i++) {
+        if (dl->priority && mx) {
+            lua_createtable(co, 2, 0);
+            lua_pushinteger(co, req->rr[i].pref);
+            lua_rawseti(co, -2, 1);
+            lua_pushstring(co, req->rr[i].text);
+            lua_rawseti(co, -2, 2);
+        } else {
+            lua_pushstring(co, req->rr[i].text);
         }
-        for (k = 0; k < h->addr_count; k++) {
-            char buf[INET6_ADDRSTRLEN];
-
-            inet_ntop(h->addrs[k].family, &h->addrs[k].u, buf, sizeof buf);
-            lua_pushstring(co, buf);
-            lua_rawseti(co, -2, (int)++n);
-        }
+        lua_rawseti(co, -2, (int)i + 1);
     }
-    dns_result_free(req->result);
+    dns_rr_free(req);
     free(dl);
+    m->in_c = 0;
     policy_run_wake(r, 1);
 }
 
 
-/* msys.dnsLookup(name, [type]) - A (addresses) or MX (host names, by
- * preference); suspends the callout */
+/*
+ * msys.dnsLookup(name, [type], [{priority = bool}]) - A (default), AAAA,
+ * TXT, MX, PTR or NS, as Momentum documents: a table of strings (MX with
+ * priority = true: {pref, host} pairs), best preference first; nil and an
+ * error ("NXDOMAIN", "timeout", ...) on failure. An unknown type raises.
+ * Suspends the callout; the `server` option is not supported.
+ */
 static int
 api_dns_lookup(lua_State *L)
 {
     const char *name = luaL_checkstring(L, 1);
     const char *type = luaL_optstring(L, 2, "A");
+    int qtype = dns_rr_type(type);
     struct policy_run *r = policy_check_run(L);
     struct dns_lookup *dl;
+    int priority = 0;
 
-    if (strcasecmp(type, "A") != 0 && strcasecmp(type, "MX") != 0) {
-        lua_pushnil(L);
-        lua_pushfstring(L, "dnsLookup: type %s is not supported (A, MX)",
-                        type);
-        return 2;
+    if (qtype < 0)
+        return luaL_error(L, "msys.dnsLookup: unknown record type '%s' "
+                             "(A, AAAA, TXT, MX, PTR, NS)", type);
+    if (lua_istable(L, 3)) {
+        lua_getfield(L, 3, "priority");
+        priority = lua_toboolean(L, -1);
+        lua_pop(L, 1);
     }
     if (r == NULL || r->ps->pe->dns == NULL) {
         lua_pushnil(L);
@@ -866,13 +875,10 @@ api_dns_lookup(lua_State *L)
     }
     dl = xcalloc(1, sizeof *dl);
     dl->r = r;
-    dl->mx = strcasecmp(type, "MX") == 0;
+    dl->priority = priority;
     r->dns_req = dl;
     r->waiting = POLICY_WAIT_DNS;
-    if (dl->mx)
-        dns_resolve_mx(r->ps->pe->dns, name, &dl->req, dns_lookup_done);
-    else
-        dns_resolve_a(r->ps->pe->dns, name, &dl->req, dns_lookup_done);
+    dns_lookup_rr(r->ps->pe->dns, name, qtype, &dl->req, dns_lookup_done);
     return lua_yield(L, 0);
 }
 
