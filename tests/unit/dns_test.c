@@ -1568,6 +1568,82 @@ group_teardown(void **state)
 }
 
 
+/* Record lookups (msys.dnsLookup): each type against dnsmasq. */
+static int rr_calls;
+
+
+static void
+rr_done(struct dns_rr_req *req)
+{
+    rr_calls++;
+}
+
+
+static void
+rr_one(const char *name, const char *type, struct dns_rr_req *req)
+{
+    int qtype = dns_rr_type(type);
+
+    assert_true(qtype > 0);
+    rr_calls = 0;
+    dns_lookup_rr(&d, name, qtype, req, rr_done);
+    assert_int_equal(rr_calls, 0);           /* never from inside */
+    for (int i = 0; i < 500 && rr_calls == 0; i++)
+        loop_run_once(&lp, 20);
+    assert_int_equal(rr_calls, 1);
+}
+
+
+static void
+test_record_lookups(void **state)
+{
+    static struct dns_rr_req req;
+
+    assert_int_equal(dns_rr_type("mx"), dns_rr_type("MX"));
+    assert_int_equal(dns_rr_type("SPF"), -1);
+    init_on(&d, zone.server, 1000);
+
+    /* MX: every host, best first, with or without an address */
+    rr_one("mx.test", "MX", &req);
+    assert_int_equal(req.status, DNS_OK);
+    assert_int_equal(req.count, 2);
+    assert_string_equal(req.rr[0].text, "mx1.mx.test");
+    assert_int_equal(req.rr[0].pref, 10);
+    assert_string_equal(req.rr[1].text, "mx2.mx.test");
+    assert_int_equal(req.rr[1].pref, 20);
+    dns_rr_free(&req);
+    rr_one("badmx.test", "MX", &req);
+    assert_int_equal(req.count, 1);
+    assert_string_equal(req.rr[0].text, "nohost.test");
+    dns_rr_free(&req);
+    /* an address but no MX: no records (no implicit MX here) */
+    rr_one("amx.test", "MX", &req);
+    assert_int_equal(req.status, DNS_NO_MX_OR_A);
+    assert_string_equal(req.why, "no records");
+    dns_rr_free(&req);
+
+    rr_one("mx2.mx.test", "A", &req);
+    assert_int_equal(req.status, DNS_OK);
+    assert_string_equal(req.rr[0].text, "127.0.0.12");
+    dns_rr_free(&req);
+    rr_one("mx2.mx.test", "AAAA", &req);
+    assert_string_equal(req.rr[0].text, "fd00::12");
+    dns_rr_free(&req);
+    rr_one("txt.test", "TXT", &req);
+    assert_int_equal(req.status, DNS_OK);
+    assert_string_equal(req.rr[0].text, "hello");
+    dns_rr_free(&req);
+    rr_one("nowhere.test", "TXT", &req);
+    assert_int_equal(req.status, DNS_NXDOMAIN);
+    dns_rr_free(&req);
+    rr_one("bad..name", "A", &req);
+    assert_int_equal(req.status, DNS_NXDOMAIN);
+    dns_rr_free(&req);
+    dns_fini(&d);
+    drain();
+}
+
+
 #define CASE(f) cmocka_unit_test_teardown(f, case_teardown)
 
 
@@ -1605,6 +1681,7 @@ main(void)
         CASE(test_fini_in_flight),
         CASE(test_fini_with_mx_waiting_on_hosts),
         CASE(test_fini_from_callback),
+        CASE(test_record_lookups),
     };
 
     if (access(DNSMASQ, X_OK) != 0) {
