@@ -107,6 +107,21 @@ mono_ms(void)
 
 /* --- the state: allocator and budget hook ------------------------------- */
 
+static void policy_hook(lua_State *L, lua_Debug *ar);
+
+/*
+ * policy_alloc - the state's allocator, and how the memory limit holds.
+ *
+ * LuaJIT 2.1-20230119 can crash while unwinding an out-of-memory error
+ * raised inside an allocation (docs/lua-library.md has a pure-Lua case,
+ * reproduced with the JIT off). So reaching memory_limit does not fail
+ * the allocation: it marks the state and makes the count hook fire at the
+ * next instruction, and the hook (a safe place) collects garbage once and,
+ * if the state is still over, stops the callout like an exhausted budget:
+ * a yield out of the coroutine, no error unwinding at all. Only a state
+ * that grows past the hard limit (half as much again, e.g. one giant
+ * string.rep between two instructions) gets NULL and the error path.
+ */
 static void *
 policy_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
 {
@@ -118,11 +133,19 @@ policy_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
         m->bytes -= osize;
         return NULL;
     }
-    if (nsize > osize &&
-        m->bytes + (nsize - osize) > m->limit + (m->in_c ? POLICY_C_SLACK
-                                                            : 0)) {
-        m->oom = 1;
-        return NULL;
+    if (nsize > osize) {
+        size_t after = m->bytes + (nsize - osize);
+        size_t hard = m->limit + m->limit / 2 +
+                      (m->in_c ? POLICY_C_SLACK : 0);
+
+        if (after > hard) {
+            m->oom = 1;
+            return NULL;
+        }
+        if (after > m->limit && !m->over && !m->in_c && m->L != NULL) {
+            m->over = 1;
+            lua_sethook(m->L, policy_hook, LUA_MASKCOUNT, 1);
+        }
     }
     p = realloc(ptr, nsize);
     if (p == NULL) {
@@ -151,12 +174,45 @@ policy_panic(lua_State *L)
 }
 
 
+/* hook_memory - the state went over memory_limit: 0 if a collection
+ * brought it back under, -1 if the running code must stop */
+static int
+hook_memory(lua_State *L, struct policy_master *m)
+{
+    lua_gc(L, LUA_GCCOLLECT, 0);
+    if (m->bytes <= m->limit - m->limit / 8) {
+        m->over = 0;
+        lua_sethook(L, policy_hook, LUA_MASKCOUNT, POLICY_HOOK_COUNT);
+        return 0;
+    }
+    m->oom = 1;                  /* replaced once its sessions are done */
+    return -1;
+}
+
+
 static void
 policy_hook(lua_State *L, lua_Debug *ar)
 {
     struct policy_run *r = policy_cur;
     long *left = r != NULL ? &r->budget_left : &policy_pcall_budget;
+    struct policy_master *m;
+    void *ud;
 
+    lua_getallocf(L, &ud);
+    m = ud;
+    if (m->over && !m->oom && hook_memory(L, m) == 0)
+        return;
+    if (m->oom) {
+        lua_sethook(L, policy_hook, LUA_MASKCOUNT, 1);
+        if (r != NULL && L == r->co) {
+            r->killed = 1;
+            r->killed_mem = 1;
+            lua_yield(L, 0);
+            return;
+        }
+        luaL_error(L, "memory limit reached");
+        return;
+    }
     *left -= POLICY_HOOK_COUNT;
     if (*left > 0)
         return;
@@ -474,7 +530,12 @@ callout_outcome(struct policy_run *r, int rc)
         policy_hook_reset(m->L);
         co_drop(m, r->co_ref);
         ps->pe->stats.budget_exhausted++;
-        run_fail(r, "instruction budget exhausted");
+        if (r->killed_mem) {
+            m->retired = 1;      /* replaced by a fresh state */
+            run_fail(r, "memory limit reached (the state is replaced)");
+        } else {
+            run_fail(r, "instruction budget exhausted");
+        }
         return OUT_STOP;
     }
     if (rc == LUA_YIELD) {
@@ -556,6 +617,7 @@ callout_start(struct policy_run *r)
     co = co_borrow(m, &r->co_ref);
     r->co = co;
     r->killed = 0;
+    r->killed_mem = 0;
     r->waiting = POLICY_WAIT_NONE;
     r->budget_left = (long)policy_opts_live.instruction_budget;
     if (r->mod < 32)

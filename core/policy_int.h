@@ -102,7 +102,9 @@ struct policy_master {
     lua_State *L;
     size_t bytes;
     size_t limit;
-    int oom;                     /* an allocation was refused */
+    int oom;                     /* over memory_limit even after a full
+                                  * collection (or refused): replace it */
+    int over;                    /* past memory_limit: the hook decides */
     int in_c;                    /* the runner's own Lua calls: the
                                   * allocator allows POLICY_C_SLACK more */
     int retired;                 /* no new sessions; close when unused */
@@ -130,6 +132,7 @@ struct policy_run {
     uint64_t serial;
     long budget_left;            /* VM instructions */
     unsigned killed : 1;         /* budget spent: the hook yielded out */
+    unsigned killed_mem : 1;     /* ... because of the memory limit */
     unsigned active : 1;         /* a phase is in progress */
     unsigned async : 1;          /* policy_run() already returned 1 */
     unsigned cancelled : 1;
