@@ -1,0 +1,292 @@
+/*
+ * lualib_test - the msys library bindings, driven from Lua snippets
+ *
+ * Each case opens a fresh state with every lualib opener and runs Lua code
+ * whose assert() failures become cmocka failures carrying the Lua message.
+ * The *_oom cases run in a state whose allocator refuses to go past
+ * LUALIB_TEST_CAP bytes (JIT off: PLATFORM.md pitfall 11) and check that
+ * running out gives a catchable Lua error, that the state stays usable and
+ * that lua_close() gives every byte back.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+#include <lauxlib.h>
+#include <lua.h>
+#include <luajit.h>
+
+#include "lualib.h"
+
+#define LUALIB_TEST_CAP (1024 * 1024)
+
+struct cap_alloc {
+    size_t used;
+    size_t limit;
+    unsigned refused;
+};
+
+
+/* cap_alloc_f - lua_Alloc that counts bytes and refuses past the limit */
+static void *
+cap_alloc_f(void *ud, void *ptr, size_t osize, size_t nsize)
+{
+    struct cap_alloc *ca = ud;
+    void *p;
+
+    if (ptr == NULL)
+        osize = 0;
+    if (nsize == 0) {
+        free(ptr);
+        ca->used -= osize;
+        return NULL;
+    }
+    if (nsize > osize && ca->used - osize + nsize > ca->limit) {
+        ca->refused++;
+        return NULL;
+    }
+    p = realloc(ptr, nsize);
+    if (p == NULL)
+        return NULL;
+    ca->used = ca->used - osize + nsize;
+    return p;
+}
+
+
+/* open_all - lua_CFunction running every opener, so OOM is catchable */
+static int
+open_all(lua_State *L)
+{
+    lualib_pcre_open(L);
+    return 0;
+}
+
+
+/* new_state - a state with the standard libs and every msys library */
+static lua_State *
+new_state(struct cap_alloc *ca)
+{
+    lua_State *L;
+
+    L = ca != NULL ? lua_newstate(cap_alloc_f, ca) : luaL_newstate();
+    assert_non_null(L);
+    if (ca != NULL)
+        luaJIT_setmode(L, 0, LUAJIT_MODE_ENGINE | LUAJIT_MODE_OFF);
+    luaL_openlibs(L);
+    lua_pushcfunction(L, open_all);
+    if (lua_pcall(L, 0, 0, 0) != 0)
+        fail_msg("opening libraries: %s", lua_tostring(L, -1));
+    assert_int_equal(lua_gettop(L), 0);
+    return L;
+}
+
+
+/* run - run a Lua chunk; any error fails the test with its message */
+static void
+run(lua_State *L, const char *code)
+{
+    int top = lua_gettop(L);
+
+    if (luaL_loadstring(L, code) != 0)
+        fail_msg("syntax: %s", lua_tostring(L, -1));
+    lua_getglobal(L, "debug");
+    lua_getfield(L, -1, "traceback");
+    lua_remove(L, -2);
+    lua_insert(L, -2);
+    if (lua_pcall(L, 0, 0, -2) != 0)
+        fail_msg("%s", lua_tostring(L, -1));
+    lua_settop(L, top);
+}
+
+
+/* Helpers every snippet can use: fails(f, ...) returns the error message
+   of a call that must raise. */
+static const char prelude[] =
+    "function fails(f, ...)\n"
+    "  local ok, err = pcall(f, ...)\n"
+    "  assert(not ok, 'call did not fail')\n"
+    "  return tostring(err)\n"
+    "end\n"
+    "function has(s, needle)\n"
+    "  assert(type(s) == 'string', 'not a string: ' .. tostring(s))\n"
+    "  assert(s:find(needle, 1, true), s .. ' lacks ' .. needle)\n"
+    "end\n";
+
+
+/* with_state - run snippet in a fresh uncapped state */
+static void
+with_state(const char *code)
+{
+    lua_State *L = new_state(NULL);
+
+    run(L, prelude);
+    run(L, code);
+    lua_close(L);
+}
+
+
+static void
+test_openers_keep_stack_and_tables(void **state)
+{
+    lua_State *L = luaL_newstate();
+
+    luaL_openlibs(L);
+    lua_pushinteger(L, 7);
+    open_all(L);
+    open_all(L);   /* twice: idempotent */
+    assert_int_equal(lua_gettop(L), 1);
+    assert_int_equal(lua_tointeger(L, 1), 7);
+    lua_pop(L, 1);
+    run(L, "assert(type(msys.pcre.match) == 'function')\n"
+           );
+    lua_close(L);
+}
+
+
+static void
+test_pcre_match(void **state)
+{
+    with_state(
+        "local m = msys.pcre.match('user+tag@example.com', "
+        "  '^([^+@]+)(?:\\\\+([^@]*))?@(?P<domain>.+)$')\n"
+        "assert(m[0] == 'user+tag@example.com')\n"
+        "assert(m[1] == 'user' and m[2] == 'tag', m[1])\n"
+        "assert(m[3] == 'example.com' and m.domain == 'example.com')\n"
+        "m = msys.pcre.match('bob@x', '^([^+@]+)(?:\\\\+([^@]*))?@(.+)$')\n"
+        "assert(m[2] == false, 'unset group is false')\n"
+        "assert(msys.pcre.match('abc', 'x') == nil)\n"
+        "assert(msys.pcre.match('', '^$')[0] == '')\n"
+        "assert(msys.pcre.match('a\\0b', 'a\\0b')[0] == 'a\\0b')\n"
+        "assert(msys.pcre.match('ABC', '(?i)abc')[0] == 'ABC')\n"
+        /* the cache: same pattern many times, and more patterns than fit */
+        "for i = 1, 200 do\n"
+        "  assert(msys.pcre.match('k' .. i, '^k' .. i .. '$'))\n"
+        "  assert(msys.pcre.match('k1', '^k1$'))\n"
+        "end\n");
+}
+
+
+static void
+test_pcre_errors(void **state)
+{
+    with_state(
+        /* a bad pattern: nil, message with the offset, number */
+        "local m, err, num = msys.pcre.match('abc', 'a(b')\n"
+        "assert(m == nil)\n"
+        "has(err, 'offset 3')\n"
+        "assert(type(num) == 'number' and num > 0)\n"
+        "has(fails(msys.pcre.replace, 'abc', '(?<', 'x'), 'offset')\n"
+        "has(fails(msys.pcre.split, 'abc', '[a'), 'invalid pattern')\n"
+        /* wrong types */
+        "has(fails(msys.pcre.match, nil, 'a'), 'bad argument #1')\n"
+        "has(fails(msys.pcre.match, 'a', {}), 'bad argument #2')\n"
+        "has(fails(msys.pcre.replace, 'a', 'a'), 'bad argument #3')\n"
+        /* catastrophic backtracking stops with an error, fast */
+        "local t = os.clock()\n"
+        "local e = fails(msys.pcre.match, string.rep('a', 40) .. 'b', "
+        "  '^(a+)+$')\n"
+        "has(e, 'match limit exceeded')\n"
+        "has(fails(msys.pcre.replace, string.rep('a', 40) .. 'b', "
+        "  '(a|aa)+$', ''), 'match limit')\n"
+        "assert(os.clock() - t < 5, 'limit took too long')\n"
+        /* still usable afterwards */
+        "assert(msys.pcre.match('aaa', '^(a+)+$')[1] == 'aaa')\n"
+        "has(fails(msys.pcre.match, 'a', string.rep('a', 70000)), "
+        "  'longer than')\n");
+}
+
+
+static void
+test_pcre_replace(void **state)
+{
+    with_state(
+        "local r = msys.pcre.replace\n"
+        "assert(r('a-b-c', '-', '+') == 'a+b+c')\n"
+        "assert(r('john smith', '(\\\\w+) (\\\\w+)', '$2, $1') == "
+        "  'smith, john')\n"
+        "assert(r('john smith', '(\\\\w+) (\\\\w+)', '\\\\2 \\\\1') == "
+        "  'smith john')\n"
+        "assert(r('ab', '(?<x>a)', '[${x}${1}$0]') == '[aaa]b')\n"
+        "assert(r('a', 'a', '$$ \\\\\\\\ $z \\\\q') == '$ \\\\ $z \\\\q')\n"
+        "assert(r('ab', 'a(x)?', '<$1>') == '<>b', 'unset group empty')\n"
+        "assert(r('abc', 'x*', '-') == '-a-b-c-', r('abc', 'x*', '-'))\n"
+        "assert(r('abc', 'z', 'y') == 'abc')\n"
+        "assert(r('', '^', 'x') == 'x')\n"
+        "assert(r('aaa', 'a', '') == '')\n"
+        "assert(r('a1b22', '\\\\d+', '$10') == 'ab', 'missing group')\n");
+}
+
+
+static void
+test_pcre_split(void **state)
+{
+    with_state(
+        "local function same(t, want)\n"
+        "  assert(#t == #want, #t .. ' fields, want ' .. #want)\n"
+        "  for i = 1, #want do assert(t[i] == want[i], t[i]) end\n"
+        "end\n"
+        "local s = msys.pcre.split\n"
+        "same(s('a,b,,c', ','), {'a', 'b', '', 'c'})\n"
+        "same(s('line1\\nline2\\n\\n', '\\\\n'), {'line1', 'line2'})\n"
+        "same(s(',a', ','), {'', 'a'})\n"
+        "same(s('abc', ''), {'a', 'b', 'c'})\n"
+        "same(s('a1b22c', '\\\\d*'), {'a', 'b', 'c'})\n"
+        "same(s('abc', 'x'), {'abc'})\n"
+        "same(s('', ','), {})\n"
+        "same(s('a b  c', '\\\\s+'), {'a', 'b', 'c'})\n");
+}
+
+
+static void
+test_pcre_oom(void **state)
+{
+    struct cap_alloc ca = {0, LUALIB_TEST_CAP, 0};
+    lua_State *L = new_state(&ca);
+
+    run(L, prelude);
+    run(L,
+        /* a result bigger than the cap */
+        "local big = string.rep('a', 200000)\n"
+        "has(fails(msys.pcre.replace, big, 'a', 'bbbbbbbb'), 'memory')\n"
+        "big = nil collectgarbage()\n"
+        /* fill the state nearly full, then compile and match: every
+           closure exists before, so only the pcall'd calls allocate */
+        "local n, hog, i = 0, {}, 0\n"
+        "local function grow() i = i + 1 hog[i] = string.rep('x', 512) .. i "
+        "end\n"
+        "local function m1() return msys.pcre.match('abcabc' .. n, "
+        "  '(a)(b)(c)(?<n>\\\\d+)' .. n) end\n"
+        "local function s1() return msys.pcre.split(string.rep('a,', 100), "
+        "  ',') end\n"
+        "local function check(ok, e)\n"
+        "  if not ok then e = tostring(e) assert(e:find('memory'), e) end\n"
+        "end\n"
+        "while pcall(grow) do end\n"
+        "for k = i - 1, i - 8, -1 do hog[k] = nil end\n"
+        "for k = 1, 50 do n = k check(pcall(m1)) check(pcall(s1)) end\n"
+        "hog = nil collectgarbage() collectgarbage()\n"
+        "assert(msys.pcre.match('still', 'st(i)ll')[1] == 'i')\n");
+    assert_true(ca.refused > 0);
+    lua_close(L);
+    assert_int_equal(ca.used, 0);
+}
+
+
+int
+main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_openers_keep_stack_and_tables),
+        cmocka_unit_test(test_pcre_match),
+        cmocka_unit_test(test_pcre_errors),
+        cmocka_unit_test(test_pcre_replace),
+        cmocka_unit_test(test_pcre_split),
+        cmocka_unit_test(test_pcre_oom),
+    };
+
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
