@@ -62,6 +62,7 @@ static int
 open_all(lua_State *L)
 {
     lualib_pcre_open(L);
+    lualib_codec_open(L);
     return 0;
 }
 
@@ -142,6 +143,8 @@ test_openers_keep_stack_and_tables(void **state)
     assert_int_equal(lua_tointeger(L, 1), 7);
     lua_pop(L, 1);
     run(L, "assert(type(msys.pcre.match) == 'function')\n"
+           "assert(type(msys.base64.encode) == 'function')\n"
+           "assert(type(msys.qp.decode) == 'function')\n"
            );
     lua_close(L);
 }
@@ -276,6 +279,85 @@ test_pcre_oom(void **state)
 }
 
 
+static void
+test_base64(void **state)
+{
+    with_state(
+        "local e, d = msys.base64.encode, msys.base64.decode\n"
+        "local v = {[''] = '', f = 'Zg==', fo = 'Zm8=', foo = 'Zm9v',\n"
+        "  foob = 'Zm9vYg==', fooba = 'Zm9vYmE=', foobar = 'Zm9vYmFy'}\n"
+        "for plain, enc in pairs(v) do\n"
+        "  assert(e(plain) == enc, plain)\n"
+        "  assert(d(enc) == plain, enc)\n"
+        "end\n"
+        "local bin = ''\n"
+        "for i = 0, 255 do bin = bin .. string.char(i) end\n"
+        "assert(d(e(bin)) == bin)\n"
+        "local folded = e(string.rep('x', 120), true)\n"
+        "assert(folded:find('\\r\\n', 1, true) == 77, 'fold at 76')\n"
+        "assert(not folded:find('\\r\\n$'))\n"
+        "assert(not e(string.rep('x', 120)):find('\\r\\n'))\n"
+        "assert(d(folded) == string.rep('x', 120))\n"
+        "assert(d(' Zm9v\\r\\nYmFy ') == 'foobar')\n"
+        "assert(d('Zm9vYg') == 'foob', 'unpadded')\n"
+        "has(fails(d, 'Zm9v!'), 'offset 4')\n"
+        "has(fails(d, 'Z'), 'invalid input')\n"
+        "has(fails(d, 'Zg==Zg=='), 'invalid input')\n"
+        "has(fails(d, 'Zg='), 'invalid input')\n"
+        "has(fails(d, '===='), 'invalid input')\n"
+        "has(fails(e, {}), 'bad argument #1')\n"
+        "has(fails(d), 'bad argument #1')\n"
+        "assert(e(12) == 'MTI=')\n"
+        /* charset: UTF-8 text out as Latin-1 bytes, and back */
+        "assert(e('\\195\\169', false, 'ISO-8859-1') == '6Q==')\n"
+        "assert(d('6Q==', 'ISO-8859-1') == '\\195\\169')\n"
+        "has(fails(e, 'x', false, 'no-such-charset'), 'unknown charset')\n"
+        "has(fails(e, '\\255', false, 'ISO-8859-1'), 'does not convert')\n");
+}
+
+
+static void
+test_qp(void **state)
+{
+    with_state(
+        "local e, d = msys.qp.encode, msys.qp.decode\n"
+        "assert(e('plain text') == 'plain text')\n"
+        "assert(e('a=b') == 'a=3Db')\n"
+        "assert(e('caf\\195\\169') == 'caf=C3=A9')\n"
+        "assert(e('trail \\nx\\t') == 'trail=20\\r\\nx=09')\n"
+        "assert(e('a\\r\\nb\\rc') == 'a\\r\\nb=0Dc')\n"
+        "local long = e(string.rep('y', 200))\n"
+        "for line in long:gmatch('[^\\r\\n]+') do\n"
+        "  assert(#line <= 76, #line)\n"
+        "end\n"
+        "assert(long:sub(76, 78) == '=\\r\\n', long:sub(70, 80))\n"
+        "assert(d(long) == string.rep('y', 200))\n"
+        /* an escape is never split by a soft break */
+        "local esc = e(string.rep('=', 40))\n"
+        "for line in esc:gmatch('[^\\r\\n]+') do\n"
+        "  assert(#line <= 76 and line:match('^[=3D]+$'), line)\n"
+        "end\n"
+        "assert(d(esc) == string.rep('=', 40))\n"
+        "assert(e('.x\\r\\n.y', nil, true) == '..x\\r\\n..y')\n"
+        "assert(e('.x', nil, false) == '.x')\n"
+        "assert(d('caf=c3=A9') == 'caf\\195\\169')\n"
+        "assert(d('soft=\\r\\nbreak') == 'softbreak')\n"
+        "assert(d('soft=  \\nbreak') == 'softbreak')\n"
+        "assert(d('end=') == 'end')\n"
+        "assert(d('blank   \\r\\nnext \\t') == 'blank\\r\\nnext')\n"
+        "assert(d('in side') == 'in side')\n"
+        "has(fails(d, 'bad=ZZ'), 'offset 3')\n"
+        "has(fails(d, 'bad=4'), 'invalid escape')\n"
+        "has(fails(e, nil), 'bad argument #1')\n"
+        "assert(e('\\195\\169', 'ISO-8859-1') == '=E9')\n"
+        "assert(d('=E9', 'latin1') == '\\195\\169')\n"
+        "local bin = ''\n"
+        "for i = 0, 255 do bin = bin .. string.char(i) end\n"
+        "bin = bin:gsub('[\\r\\n]', '')\n"
+        "assert(d(e(bin)) == bin)\n");
+}
+
+
 int
 main(void)
 {
@@ -286,6 +368,8 @@ main(void)
         cmocka_unit_test(test_pcre_replace),
         cmocka_unit_test(test_pcre_split),
         cmocka_unit_test(test_pcre_oom),
+        cmocka_unit_test(test_base64),
+        cmocka_unit_test(test_qp),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
