@@ -63,6 +63,7 @@ open_all(lua_State *L)
 {
     lualib_pcre_open(L);
     lualib_codec_open(L);
+    lualib_dumper_open(L);
     return 0;
 }
 
@@ -145,6 +146,7 @@ test_openers_keep_stack_and_tables(void **state)
     run(L, "assert(type(msys.pcre.match) == 'function')\n"
            "assert(type(msys.base64.encode) == 'function')\n"
            "assert(type(msys.qp.decode) == 'function')\n"
+           "assert(type(msys.dumper.Dumper) == 'function')\n"
            );
     lua_close(L);
 }
@@ -358,6 +360,57 @@ test_qp(void **state)
 }
 
 
+static void
+test_dumper(void **state)
+{
+    with_state(
+        "local D = msys.dumper.Dumper\n"
+        "local function eq(v, want)\n"
+        "  local got = D(v)\n"
+        "  assert(got == want, got .. ' ~= ' .. want)\n"
+        "end\n"
+        "eq({recipient = 'no-reply@mydomain.com', code = '550'},\n"
+        "  'return { code=\"550\", recipient=\"no-reply@mydomain.com\"}')\n"
+        "eq({}, 'return {}')\n"
+        "eq(nil, 'return nil')\n"
+        "eq(12, 'return 12')\n"
+        "eq(-1.5, 'return -1.5')\n"
+        "eq(math.huge, 'return math.huge')\n"
+        "eq(true, 'return true')\n"
+        "eq('a\\n\"b\\\\\\0', 'return \"a\\\\n\\\\\"b\\\\\\\\\\\\000\"')\n"
+        "eq({1, 2, {3}}, 'return { 1, 2, { 3}}')\n"
+        "eq({1, 2, x = 1, [10] = 5, ['a b'] = 1, [true] = 0, ['end'] = 2},\n"
+        "  'return { 1, 2, [10]=5, [\"a b\"]=1, [\"end\"]=2, x=1, [true]=0}')\n"
+        "local t = {} t.self = t t.list = {t}\n"
+        "eq(t, 'return { list={ nil --[[cycle]]}, self=nil --[[cycle]]}')\n"
+        "local s = {1}\n"
+        "eq({a = s, b = s}, 'return { a={ 1}, b={ 1}}')\n"
+        "eq(setmetatable({}, {__index = function() error('no') end,\n"
+        "  __tostring = function() error('no') end}), 'return {}')\n"
+        "has(D({f = print}), 'f=nil --[[function: ')\n"
+        /* round trip of plain data, and a fixed order */
+        "local v = {name = 'x', n = {1, 2.25, -3}, flags = {on = true},\n"
+        "  ['weird key'] = 'tab\\there', [7] = 'seven'}\n"
+        "local back = loadstring(D(v))()\n"
+        "assert(D(back) == D(v))\n"
+        "assert(back.n[2] == 2.25 and back['weird key'] == 'tab\\there')\n"
+        "local many = {}\n"
+        "for i = 100, 1, -1 do many['k' .. string.format('%03d', i)] = i end\n"
+        "local out = D(many)\n"
+        "assert(out:find('k001=1, k002=2', 1, true))\n"
+        "assert(out == D(many))\n"
+        /* deep nesting stops; huge output is cut */
+        "local deep = {}\n"
+        "local cur = deep\n"
+        "for i = 1, 200 do cur.next = {} cur = cur.next end\n"
+        "has(D(deep), 'too deep')\n"
+        "local big = D(string.rep('x', 5 * 1024 * 1024))\n"
+        "assert(#big <= 4 * 1024 * 1024)\n"
+        "assert(big:sub(-15) == '--[[truncated]]')\n"
+        "eq(nil, 'return nil')\n");
+}
+
+
 int
 main(void)
 {
@@ -370,6 +423,7 @@ main(void)
         cmocka_unit_test(test_pcre_oom),
         cmocka_unit_test(test_base64),
         cmocka_unit_test(test_qp),
+        cmocka_unit_test(test_dumper),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
