@@ -64,6 +64,7 @@ open_all(lua_State *L)
     lualib_pcre_open(L);
     lualib_codec_open(L);
     lualib_dumper_open(L);
+    lualib_json_open(L);
     return 0;
 }
 
@@ -113,9 +114,15 @@ static const char prelude[] =
     "  assert(not ok, 'call did not fail')\n"
     "  return tostring(err)\n"
     "end\n"
+    /* Messages are built only on failure: the OOM cases call has()
+       with the state full. */
     "function has(s, needle)\n"
-    "  assert(type(s) == 'string', 'not a string: ' .. tostring(s))\n"
-    "  assert(s:find(needle, 1, true), s .. ' lacks ' .. needle)\n"
+    "  if type(s) ~= 'string' then\n"
+    "    error('not a string: ' .. tostring(s), 2)\n"
+    "  end\n"
+    "  if not s:find(needle, 1, true) then\n"
+    "    error(s .. ' lacks ' .. needle, 2)\n"
+    "  end\n"
     "end\n";
 
 
@@ -147,6 +154,7 @@ test_openers_keep_stack_and_tables(void **state)
            "assert(type(msys.base64.encode) == 'function')\n"
            "assert(type(msys.qp.decode) == 'function')\n"
            "assert(type(msys.dumper.Dumper) == 'function')\n"
+           "assert(type(json.encode) == 'function')\n"
            );
     lua_close(L);
 }
@@ -411,6 +419,89 @@ test_dumper(void **state)
 }
 
 
+static void
+test_json(void **state)
+{
+    with_state(
+        "local s = json.encode({a = 1, list = {1, 2, 'x'}, ok = true})\n"
+        "local o = json.decode(s)\n"
+        "assert(o.a == 1 and o.ok == true and o.list[3] == 'x')\n"
+        "assert(json.encode('a\"b') == '\"a\\\\\"b\"')\n"
+        "assert(json.encode(42) == '42')\n"
+        "o = json.decode('{ \"hello\": \"world\", \"n\": null, \"d\": {\"x\": [1]} }')\n"
+        "assert(o.hello == 'world' and o.n == json.null)\n"
+        "assert(tostring(o.d) == '{\"x\":[1]}', tostring(o.d))\n"
+        "has(tostring(o), '\"hello\":\"world\"')\n"
+        "local n = json.new()\n"
+        "n.name = 'value'\n"
+        "assert(tostring(n) == '{\"name\":\"value\"}', tostring(n))\n"
+        "assert(json.decode('\"plain\"') == 'plain')\n"
+        "assert(json.decode('[]') ~= nil)\n"
+        /* malformed input: nil, code, message */
+        "local function bad(text, code)\n"
+        "  local v, c, m = json.decode(text)\n"
+        "  assert(v == nil, text)\n"
+        "  assert(c == code, text .. ': code ' .. tostring(c) .. ' ' .. "
+        "    tostring(m))\n"
+        "  assert(type(m) == 'string' and #json.strerror(c) > 0)\n"
+        "end\n"
+        "bad('{\"a\": 1', json.ERROR_PARSE_EOF)\n"
+        "bad('{\"a\": 1 2}', json.ERROR_PARSE_OBJECT_VALUE_SEP)\n"
+        "bad('{\"a\" 1}', json.ERROR_PARSE_OBJECT_KEY_SEP)\n"
+        "bad('{1: 2}', json.ERROR_PARSE_OBJECT_KEY_NAME)\n"
+        "bad('[1 2]', json.ERROR_PARSE_ARRAY)\n"
+        "bad('', json.ERROR_PARSE_EOF)\n"
+        "bad('[1, -]', json.ERROR_PARSE_NUMBER)\n"
+        "bad('\"\\\\q\"', json.ERROR_PARSE_STRING)\n"
+        "bad('nul', json.ERROR_PARSE_UNEXPECTED)\n"
+        "bad(string.rep('[', 2000) .. string.rep(']', 2000), "
+        "  json.ERROR_DEPTH)\n"
+        "bad('{} x', json.ERROR_PARSE_UNEXPECTED)\n"
+        "assert(json.strerror(json.ERROR_DEPTH) == 'nesting too deep')\n"
+        "has(json.strerror(99), 'unknown')\n"
+        "has(fails(json.decode, {}), 'bad argument #1')\n"
+        "has(fails(json.encode, {f = print}), 'Cannot serialise')\n"
+        "has(fails(json.strerror, 'x'), 'bad argument #1')\n");
+}
+
+
+static void
+test_json_oom(void **state)
+{
+    struct cap_alloc ca = {0, LUALIB_TEST_CAP, 0};
+    lua_State *L = new_state(&ca);
+
+    run(L, prelude);
+    run(L,
+        /* prepared first: only the pcall'd calls allocate once the
+           state is full */
+        "local t = {}\n"
+        "for i = 1, 3000 do t[i] = 'value number ' .. i end\n"
+        "local text = '[' .. string.rep('{\"k\":\"vvvvvvvv\"},', 3000) .. "
+        "  '1]'\n"
+        "local hog, i, fails_enc, fails_dec = {}, 0, 0, 0\n"
+        "local function grow() i = i + 1 hog[i] = string.rep('x', 512) .. i "
+        "end\n"
+        "local function enc() return json.encode(t) end\n"
+        "local function dec() return json.decode(text) end\n"
+        "while pcall(grow) do end\n"
+        "for k = i - 1, i - 40, -1 do hog[k] = nil end\n"
+        "for k = 1, 20 do\n"
+        "  local ok, e = pcall(enc)\n"
+        "  if not ok then has(e, 'memory') fails_enc = fails_enc + 1 end\n"
+        "  ok, e = pcall(dec)\n"
+        "  if not ok then has(e, 'memory') fails_dec = fails_dec + 1 end\n"
+        "end\n"
+        "hog = nil collectgarbage() collectgarbage()\n"
+        "assert(fails_enc > 0 and fails_dec > 0, 'nothing ran out')\n"
+        "assert(json.decode('{\"still\": 1}').still == 1)\n"
+        "assert(json.encode({1, 2}) == '[1,2]')\n");
+    assert_true(ca.refused > 0);
+    lua_close(L);
+    assert_int_equal(ca.used, 0);
+}
+
+
 int
 main(void)
 {
@@ -424,6 +515,8 @@ main(void)
         cmocka_unit_test(test_base64),
         cmocka_unit_test(test_qp),
         cmocka_unit_test(test_dumper),
+        cmocka_unit_test(test_json),
+        cmocka_unit_test(test_json_oom),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
