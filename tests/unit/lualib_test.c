@@ -65,6 +65,7 @@ open_all(lua_State *L)
     lualib_codec_open(L);
     lualib_dumper_open(L);
     lualib_json_open(L);
+    lualib_addr_open(L);
     return 0;
 }
 
@@ -155,6 +156,7 @@ test_openers_keep_stack_and_tables(void **state)
            "assert(type(msys.qp.decode) == 'function')\n"
            "assert(type(msys.dumper.Dumper) == 'function')\n"
            "assert(type(json.encode) == 'function')\n"
+           "assert(type(msys.parseRFC2822Addresses) == 'function')\n"
            );
     lua_close(L);
 }
@@ -502,6 +504,55 @@ test_json_oom(void **state)
 }
 
 
+static void
+test_addr(void **state)
+{
+    with_state(
+        "local P = msys.parseRFC2822Addresses\n"
+        "local function same(t, want)\n"
+        "  assert(#t == #want, #t .. ' addresses, want ' .. #want .. ': ' ..\n"
+        "    table.concat(t, '|'))\n"
+        "  for i = 1, #want do assert(t[i] == want[i], t[i]) end\n"
+        "end\n"
+        "local h = '\"Smith, John\" <john+news@Example.COM>, plain@x.org, ' ..\n"
+        "  'Jane Doe <jane@y.net> (work), bob (Bob X) @ z.com'\n"
+        "same(P(h, 'all'), {'john+news@Example.COM', 'plain@x.org', "
+        "  'jane@y.net', 'bob@z.com'})\n"
+        "same(P(h), P(h, 'all'))\n"
+        "same(P(h, 'domain'), {'Example.COM', 'x.org', 'y.net', 'z.com'})\n"
+        "same(P(h, 'localpart'), {'john+news', 'plain', 'jane', 'bob'})\n"
+        "same(P(h, 'user'), {'john', 'plain', 'jane', 'bob'})\n"
+        "same(P(h, 'detail'), {'news', '', '', ''})\n"
+        /* groups, quoted local parts, literals, routes, folding */
+        "same(P('team: a@x, \"b c\" <b@y>; d@z', 'all'), "
+        "  {'a@x', 'b@y', 'd@z'})\n"
+        "same(P('undisclosed-recipients:;'), {})\n"
+        "same(P('\"john doe\"@example.com'), {'\"john doe\"@example.com'})\n"
+        "same(P('user@[192.0.2.1]', 'domain'), {'[192.0.2.1]'})\n"
+        "same(P('<@relay1,@relay2:x@y>'), {'x@y'})\n"
+        "same(P('A\\r\\n B <a.b@c.d\\r\\n >,\\r\\n\\tc@d'), {'a.b@c.d', 'c@d'})\n"
+        "same(P('(nested (comment) here) x@y (tail \\\\) still)'), {'x@y'})\n"
+        "same(P('John john@x'), {'john@x'})\n"
+        /* malformed: skipped, never an error */
+        "same(P(''), {})\n"
+        "same(P('no address here'), {})\n"
+        "same(P('a@b@c, ok@d'), {'ok@d'})\n"
+        "same(P('@x, y@, ok@d'), {'ok@d'})\n"
+        "same(P('<unterminated@x'), {'unterminated@x'})\n"
+        "same(P('\"unterminated@x'), {})\n"
+        "same(P('(unterminated comment x@y'), {})\n"
+        "same(P('>>><<<,,,;;;:::@@@...'), {})\n"
+        "same(P('a@b\\0c, d@e'), {'d@e'})\n"
+        "same(P(string.rep('x', 5000) .. '@y, ok@d'), {'ok@d'})\n"
+        "local many = string.rep('u@v, ', 10000)\n"
+        "assert(#P(many) == 10000)\n"
+        "for _, junk in ipairs({'\\255\\254', '\"\\\\', '[', '(', '\\\\',\n"
+        "  ']', ')', '<@', '<:'}) do P(junk) P(junk .. 'a@b') end\n"
+        "has(fails(P, 'a@b', 'nonsense'), 'invalid option')\n"
+        "has(fails(P, nil), 'bad argument #1')\n");
+}
+
+
 int
 main(void)
 {
@@ -517,6 +568,7 @@ main(void)
         cmocka_unit_test(test_dumper),
         cmocka_unit_test(test_json),
         cmocka_unit_test(test_json_oom),
+        cmocka_unit_test(test_addr),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
