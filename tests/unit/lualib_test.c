@@ -66,6 +66,7 @@ open_all(lua_State *L)
     lualib_dumper_open(L);
     lualib_json_open(L);
     lualib_addr_open(L);
+    lualib_cidr_open(L);
     return 0;
 }
 
@@ -157,6 +158,7 @@ test_openers_keep_stack_and_tables(void **state)
            "assert(type(msys.dumper.Dumper) == 'function')\n"
            "assert(type(json.encode) == 'function')\n"
            "assert(type(msys.parseRFC2822Addresses) == 'function')\n"
+           "assert(type(msys.cidr.query) == 'function')\n"
            );
     lua_close(L);
 }
@@ -553,6 +555,76 @@ test_addr(void **state)
 }
 
 
+static void
+test_cidr(void **state)
+{
+    with_state(
+        "local C = msys.cidr\n"
+        "assert(C.define('nets', {type = 'static', default_value = 'none',\n"
+        "  entries = {['10.0.0.0/8'] = 'ten', ['10.1.0.0/16'] = 'ten-one',\n"
+        "    ['10.1.2.3'] = 'host', ['0.0.0.0/0'] = 'any4',\n"
+        "    ['2001:db8::/32'] = 'doc6', ['2001:db8:1::/48'] = 'doc6-1',\n"
+        "    ['192.168.1.77/24'] = 'masked'}}) == true)\n"
+        "local q = function(a) return C.query('nets', a) end\n"
+        "assert(q('10.9.9.9') == 'ten')\n"
+        "assert(q('10.1.9.9') == 'ten-one')\n"
+        "assert(q('10.1.2.3') == 'host')\n"
+        "assert(q('11.0.0.1') == 'any4')\n"
+        "assert(q('192.168.1.200') == 'masked')\n"
+        "assert(q('2001:db8::1') == 'doc6')\n"
+        "assert(q('2001:db8:1:ffff::1') == 'doc6-1')\n"
+        "assert(q('[2001:db8::5]') == 'doc6')\n"
+        "assert(q('2001:db9::1') == 'none', 'no ::/0 entry')\n"
+        "assert(q('::ffff:10.1.2.3') == 'host', 'v4-mapped')\n"
+        "assert(q('not an ip') == 'none')\n"
+        "assert(q('10.1.2.3/8') == 'none')\n"
+        "assert(q('') == 'none')\n"
+        /* empty + add/remove, array form, interpolate, nil default */
+        "C.define('blk', 'empty')\n"
+        "assert(C.query('blk', '192.0.2.1') == nil)\n"
+        "C.add('blk', '192.0.2.0/24', 'listed $')\n"
+        "assert(C.query('blk', '192.0.2.9') == 'listed $')\n"
+        "C.define('rbl', {type = 'empty', interpolate = true,\n"
+        "  entries = {['192.0.2.0/24'] = 'see http://x/?ip=$'}})\n"
+        "assert(C.query('rbl', '192.0.2.9') == 'see http://x/?ip=192.0.2.9')\n"
+        "C.add('blk', '192.0.2.9')\n"
+        "assert(C.query('blk', '192.0.2.9') == true)\n"
+        "C.remove('blk', '192.0.2.9')\n"
+        "assert(C.query('blk', '192.0.2.9') == 'listed $')\n"
+        "C.remove('blk', '192.0.2.0/24')\n"
+        "assert(C.query('blk', '192.0.2.9') == nil)\n"
+        "C.define('arr', {type = 'static', entries = {'198.51.100.0/24', "
+        "  '2001:db8::/64'}})\n"
+        "assert(C.query('arr', '198.51.100.1') == true)\n"
+        "assert(C.query('arr', '2001:db8::9') == true)\n"
+        "assert(C.reload('arr') == true)\n"
+        /* redefine replaces */
+        "C.define('arr', 'empty')\n"
+        "assert(C.query('arr', '198.51.100.1') == nil)\n"
+        /* errors */
+        "has(fails(C.query, 'nope', '1.2.3.4'), 'no CIDR named')\n"
+        "has(fails(C.query, 'arr'), 'address required')\n"
+        "has(fails(C.define, 'x', {type = 'static', entries = {['10.0.0.0/33'] "
+        "  = 1}}), 'bad prefix')\n"
+        "has(fails(C.define, 'x', {type = 'static', entries = {['1.2.3.4/'] "
+        "  = 1}}), 'bad prefix')\n"
+        "has(fails(C.define, 'x', {type = 'static', entries = {['::/129'] "
+        "  = 1}}), 'bad prefix')\n"
+        "has(fails(C.define, 'x', {type = 'static', entries = {[true] = 1}}), "
+        "  'prefix must be a string')\n"
+        "has(fails(C.define, 'x', {type = 'static'}), 'needs')\n"
+        "has(fails(C.define, 'x', {type = 'rbldnsd', source = '/x'}), "
+        "  'not supported')\n"
+        "has(fails(C.define, 'x', {type = 'bogus'}), 'unknown type')\n"
+        "has(fails(C.define, 'x', {}), 'type is required')\n"
+        "has(fails(C.define, 'x', 5), 'bad argument #2')\n"
+        "has(fails(C.add, 'blk', 'junk'), 'bad prefix')\n"
+        "has(fails(C.define, 'nets', {type = 'static', entries = {['x'] = 1}}),"
+        "  'bad prefix')\n"
+        "assert(q('10.9.9.9') == 'ten', 'a failed define keeps the old one')\n");
+}
+
+
 int
 main(void)
 {
@@ -569,6 +641,7 @@ main(void)
         cmocka_unit_test(test_json),
         cmocka_unit_test(test_json_oom),
         cmocka_unit_test(test_addr),
+        cmocka_unit_test(test_cidr),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
