@@ -14,6 +14,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <cmocka.h>
 #include <lauxlib.h>
@@ -67,6 +68,21 @@ open_all(lua_State *L)
     lualib_json_open(L);
     lualib_addr_open(L);
     lualib_cidr_open(L);
+    lualib_gauge_open(L);
+    return 0;
+}
+
+
+/* lua_sleep_ms - sleep_ms(ms) for the TTL cases */
+static int
+lua_sleep_ms(lua_State *L)
+{
+    lua_Number ms = luaL_checknumber(L, 1);
+    struct timespec ts;
+
+    ts.tv_sec = (time_t)(ms / 1000);
+    ts.tv_nsec = (long)((ms - (lua_Number)ts.tv_sec * 1000) * 1e6);
+    nanosleep(&ts, NULL);
     return 0;
 }
 
@@ -82,6 +98,7 @@ new_state(struct cap_alloc *ca)
     if (ca != NULL)
         luaJIT_setmode(L, 0, LUAJIT_MODE_ENGINE | LUAJIT_MODE_OFF);
     luaL_openlibs(L);
+    lua_register(L, "sleep_ms", lua_sleep_ms);
     lua_pushcfunction(L, open_all);
     if (lua_pcall(L, 0, 0, 0) != 0)
         fail_msg("opening libraries: %s", lua_tostring(L, -1));
@@ -159,6 +176,7 @@ test_openers_keep_stack_and_tables(void **state)
            "assert(type(json.encode) == 'function')\n"
            "assert(type(msys.parseRFC2822Addresses) == 'function')\n"
            "assert(type(msys.cidr.query) == 'function')\n"
+           "assert(type(msys.gauge_cache.inc) == 'function')\n"
            );
     lua_close(L);
 }
@@ -625,6 +643,68 @@ test_cidr(void **state)
 }
 
 
+static void
+test_gauge(void **state)
+{
+    with_state(
+        "local G = msys.gauge_cache\n"
+        "assert(G.define('conn', 3, 60) == true)\n"
+        "assert(G.get('conn', 'a') == nil)\n"
+        "assert(G.inc('conn', 'a') == 1)\n"
+        "assert(G.inc('conn', 'a') == 2)\n"
+        "assert(G.dec('conn', 'a') == 1)\n"
+        "assert(G.get('conn', 'a') == 1)\n"
+        "assert(G.dec('conn', 'b') == 0, 'dec floors at 0')\n"
+        "assert(G.dec('conn', 'a') == 0 and G.dec('conn', 'a') == 0)\n"
+        "assert(G.get('conn', 'a') == 0)\n"
+        /* bounded: the one changed longest ago goes */
+        "G.inc('conn', 'c')\n"          /* a, b, c: b is oldest now? */
+        "G.inc('conn', 'a')\n"          /* order by change: b, c, a */
+        "G.inc('conn', 'd')\n"          /* full: b dropped */
+        "assert(G.get('conn', 'b') == nil, 'oldest evicted')\n"
+        "assert(G.get('conn', 'c') == 1 and G.get('conn', 'a') == 1)\n"
+        "assert(G.get('conn', 'd') == 1)\n"
+        "assert(G.remove_item('conn', 'c') == true)\n"
+        "assert(G.remove_item('conn', 'c') == false)\n"
+        "assert(G.get('conn', 'c') == nil)\n"
+        "for i = 1, 1000 do G.inc('conn', 'k' .. i) end\n"
+        "assert(G.get('conn', 'k1000') == 1 and G.get('conn', 'k998') == 1)\n"
+        "assert(G.get('conn', 'k997') == nil and G.get('conn', 'a') == nil)\n"
+        "G.inc('conn', 5)\n"
+        "assert(G.get('conn', '5') == 1, 'number keys are strings')\n"
+        /* TTL: from the last change; get does not extend it */
+        "G.define('short', 10, 0.05)\n"
+        "G.inc('short', 'x') G.inc('short', 'y')\n"
+        "sleep_ms(30)\n"
+        "G.inc('short', 'y')\n"
+        "assert(G.get('short', 'x') == 1)\n"
+        "sleep_ms(40)\n"
+        "assert(G.get('short', 'x') == nil, 'x expired')\n"
+        "assert(G.get('short', 'y') == 2, 'y was changed later')\n"
+        "sleep_ms(60)\n"
+        "assert(G.get('short', 'y') == nil)\n"
+        "assert(G.inc('short', 'y') == 1, 'expired restarts at 0')\n"
+        "G.define('forever', 2, 0)\n"
+        "G.inc('forever', 'z') sleep_ms(5)\n"
+        "assert(G.get('forever', 'z') == 1)\n"
+        /* redefine keeps counters, drops the oldest when shrinking */
+        "G.define('conn', 5, 60)\n"
+        "assert(G.get('conn', 'k1000') == 1 and G.get('conn', '5') == 1)\n"
+        "G.define('conn', 1, 60)\n"
+        "assert(G.get('conn', '5') == 1 and G.get('conn', 'k1000') == nil)\n"
+        "G.inc('conn', 'new')\n"
+        "assert(G.get('conn', '5') == nil and G.get('conn', 'new') == 1)\n"
+        /* errors */
+        "has(fails(G.inc, 'nope', 'a'), 'no cache named')\n"
+        "has(fails(G.inc, 'conn'), 'bad argument #2')\n"
+        "has(fails(G.get, 'conn', {}), 'bad argument #2')\n"
+        "has(fails(G.define, 'x', 0, 1), 'maxelems')\n"
+        "has(fails(G.define, 'x', 1e9, 1), 'maxelems')\n"
+        "has(fails(G.define, 'x', 10), 'bad argument #3')\n"
+        "has(fails(G.define, 'x', 0/0, 1), 'maxelems')\n");
+}
+
+
 int
 main(void)
 {
@@ -642,6 +722,7 @@ main(void)
         cmocka_unit_test(test_json_oom),
         cmocka_unit_test(test_addr),
         cmocka_unit_test(test_cidr),
+        cmocka_unit_test(test_gauge),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
