@@ -69,6 +69,9 @@
 #define LPCRE_DEPTH_LIMIT 10000
 #define LPCRE_HEAP_LIMIT_KIB 8192
 
+/* Bytes of a pattern quoted in a limit error. */
+#define LPCRE_SHOWN 60
+
 /* Size header in front of each PCRE2 block: pcre2's free callback does
    not pass the size, but a counting lua_Alloc needs it. */
 #define LPCRE_HDR 16
@@ -286,8 +289,15 @@ lpcre_exec(lua_State *L, struct lpcre_cache *c, struct lpcre_entry *en,
     }
     if (rc == PCRE2_ERROR_MATCHLIMIT || rc == PCRE2_ERROR_DEPTHLIMIT ||
         rc == PCRE2_ERROR_HEAPLIMIT) {
+        /* Name the pattern, but not all 64 KiB of it. */
+        char shown[LPCRE_SHOWN + 4];
+        size_t n = en->pattern_len < LPCRE_SHOWN ? en->pattern_len
+                                                 : LPCRE_SHOWN;
+
+        memcpy(shown, en->pattern, n);
+        strcpy(shown + n, en->pattern_len > n ? "..." : "");
         return luaL_error(L, "msys.pcre: match limit exceeded (pattern "
-                          "\"%s\"): %s", en->pattern,
+                          "\"%s\"): %s", shown,
                           rc == PCRE2_ERROR_MATCHLIMIT ? "too many steps" :
                           rc == PCRE2_ERROR_DEPTHLIMIT ? "too deep" :
                           "too much heap");
