@@ -36,3 +36,23 @@ lualib_subtable(lua_State *L, int idx, const char *name)
     lua_pushvalue(L, -1);
     lua_setfield(L, idx, name);
 }
+
+
+/* lualib_provide - package.loaded[modname] = value at idx, if package */
+void
+lualib_provide(lua_State *L, int idx, const char *modname)
+{
+    if (idx < 0)
+        idx = lua_gettop(L) + idx + 1;
+    lua_getglobal(L, "package");
+    if (!lua_istable(L, -1)) {
+        lua_pop(L, 1);
+        return;
+    }
+    lua_getfield(L, -1, "loaded");
+    if (lua_istable(L, -1)) {
+        lua_pushvalue(L, idx);
+        lua_setfield(L, -2, modname);
+    }
+    lua_pop(L, 2);
+}

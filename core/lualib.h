@@ -13,7 +13,9 @@
  * DESCRIPTION
  *   Each opener expects nothing on the stack, creates the global table
  *   msys when it is missing, sets its own fields in it (or, for json, the
- *   global json) and leaves the stack as it found it. Openers may be
+ *   global json) and leaves the stack as it found it. It also sets
+ *   package.loaded["msys.pcre"] (and so on, "json" for json) when the
+ *   state has package, so the require() lines of Momentum scripts work. Openers may be
  *   called in any order and more than once; a second call replaces the
  *   functions and, for modules with per-state data (pcre cache, cidr,
  *   gauge caches), keeps the data already there.
@@ -57,5 +59,9 @@ void lualib_msys_table(lua_State *L);
 /* lualib_subtable - push msys[name] (msys at index idx), creating it if
    missing */
 void lualib_subtable(lua_State *L, int idx, const char *name);
+
+/* lualib_provide - package.loaded[modname] = the value at idx, so that
+   Momentum's require('msys.pcre') returns it; nothing without package */
+void lualib_provide(lua_State *L, int idx, const char *modname);
 
 #endif

@@ -424,6 +424,7 @@ lualib_cidr_open(lua_State *L)
 
     lualib_msys_table(L);
     lualib_subtable(L, -1, "cidr");
+    lualib_provide(L, -1, "msys.cidr");
     for (f = fns; f->name != NULL; f++) {
         lua_pushcfunction(L, f->func);
         lua_setfield(L, -2, f->name);

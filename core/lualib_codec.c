@@ -421,12 +421,14 @@ lualib_codec_open(lua_State *L)
     }
     lualib_msys_table(L);
     lualib_subtable(L, -1, "base64");
+    lualib_provide(L, -1, "msys.base64");
     lua_pushcfunction(L, codec_b64_encode);
     lua_setfield(L, -2, "encode");
     lua_pushcfunction(L, codec_b64_decode);
     lua_setfield(L, -2, "decode");
     lua_pop(L, 1);
     lualib_subtable(L, -1, "qp");
+    lualib_provide(L, -1, "msys.qp");
     lua_pushcfunction(L, codec_qp_encode);
     lua_setfield(L, -2, "encode");
     lua_pushcfunction(L, codec_qp_decode);

@@ -430,6 +430,7 @@ lualib_dumper_open(lua_State *L)
 
     lualib_msys_table(L);
     lualib_subtable(L, -1, "dumper");
+    lualib_provide(L, -1, "msys.dumper");
     lua_pushcfunction(L, dumper_dump);
     lua_setfield(L, -2, "Dumper");
     lua_settop(L, top);

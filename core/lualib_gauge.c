@@ -399,6 +399,7 @@ lualib_gauge_open(lua_State *L)
 
     lualib_msys_table(L);
     lualib_subtable(L, -1, "gauge_cache");
+    lualib_provide(L, -1, "msys.gauge_cache");
     for (f = fns; f->name != NULL; f++) {
         lua_pushcfunction(L, f->func);
         lua_setfield(L, -2, f->name);

@@ -261,5 +261,6 @@ lualib_json_open(lua_State *L)
     }
     lua_pushvalue(L, js);
     lua_setglobal(L, "json");
+    lualib_provide(L, js, "json");
     lua_settop(L, top);
 }

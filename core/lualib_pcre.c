@@ -602,6 +602,7 @@ lualib_pcre_open(lua_State *L)
 
     lualib_msys_table(L);
     lualib_subtable(L, -1, "pcre");
+    lualib_provide(L, -1, "msys.pcre");
     for (f = fns; f->name != NULL; f++) {
         lua_pushcfunction(L, f->func);
         lua_setfield(L, -2, f->name);

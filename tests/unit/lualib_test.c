@@ -177,7 +177,13 @@ test_openers_keep_stack_and_tables(void **state)
            "assert(type(msys.parseRFC2822Addresses) == 'function')\n"
            "assert(type(msys.cidr.query) == 'function')\n"
            "assert(type(msys.gauge_cache.inc) == 'function')\n"
-           );
+           "assert(require('msys.pcre') == msys.pcre)\n"
+           "assert(require('msys.base64') == msys.base64)\n"
+           "assert(require('msys.qp') == msys.qp)\n"
+           "assert(require('msys.dumper') == msys.dumper)\n"
+           "assert(require('json') == json)\n"
+           "assert(require('msys.cidr') == msys.cidr)\n"
+           "assert(require('msys.gauge_cache') == msys.gauge_cache)\n");
     lua_close(L);
 }
 
