@@ -3,10 +3,13 @@
  *
  * Each case opens a fresh state with every lualib opener and runs Lua code
  * whose assert() failures become cmocka failures carrying the Lua message.
- * The *_oom cases run in a state whose allocator refuses to go past
- * LUALIB_TEST_CAP bytes (JIT off: PLATFORM.md pitfall 11) and check that
- * running out gives a catchable Lua error, that the state stays usable and
- * that lua_close() gives every byte back.
+ * The *_oom cases run in a state whose allocator counts every byte and
+ * refuses past a budget that the Lua code sets with budget(n) just around
+ * a library call (JIT off: PLATFORM.md pitfall 11). They check that
+ * running out gives a catchable "not enough memory" error, that the state
+ * stays usable and that lua_close() gives every byte back. Budgets cover
+ * only the library calls because LuaJIT itself crashes on some OOM errors
+ * raised by the interpreter (see test_oom_sweep).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -22,8 +25,6 @@
 #include <luajit.h>
 
 #include "lualib.h"
-
-#define LUALIB_TEST_CAP (1024 * 1024)
 
 struct cap_alloc {
     size_t used;
@@ -87,7 +88,23 @@ lua_sleep_ms(lua_State *L)
 }
 
 
-/* new_state - a state with the standard libs and every msys library */
+/* lua_budget - budget(n): allow n more bytes from now; budget(): no cap.
+   Set around a library call so that the refusal lands inside it. */
+static int
+lua_budget(lua_State *L)
+{
+    struct cap_alloc *ca = lua_touserdata(L, lua_upvalueindex(1));
+
+    if (lua_isnoneornil(L, 1))
+        ca->limit = SIZE_MAX;
+    else
+        ca->limit = ca->used + (size_t)luaL_checkinteger(L, 1);
+    return 0;
+}
+
+
+/* new_state - a state with the standard libs and every msys library;
+   with ca, its allocator counts and refuses past ca->limit */
 static lua_State *
 new_state(struct cap_alloc *ca)
 {
@@ -99,6 +116,11 @@ new_state(struct cap_alloc *ca)
         luaJIT_setmode(L, 0, LUAJIT_MODE_ENGINE | LUAJIT_MODE_OFF);
     luaL_openlibs(L);
     lua_register(L, "sleep_ms", lua_sleep_ms);
+    if (ca != NULL) {
+        lua_pushlightuserdata(L, ca);
+        lua_pushcclosure(L, lua_budget, 1);
+        lua_setglobal(L, "budget");
+    }
     lua_pushcfunction(L, open_all);
     if (lua_pcall(L, 0, 0, 0) != 0)
         fail_msg("opening libraries: %s", lua_tostring(L, -1));
@@ -289,31 +311,38 @@ test_pcre_split(void **state)
 static void
 test_pcre_oom(void **state)
 {
-    struct cap_alloc ca = {0, LUALIB_TEST_CAP, 0};
+    struct cap_alloc ca = {0, SIZE_MAX, 0};
     lua_State *L = new_state(&ca);
 
     run(L, prelude);
     run(L,
-        /* a result bigger than the cap */
+        /* a result bigger than the budget */
         "local big = string.rep('a', 200000)\n"
-        "has(fails(msys.pcre.replace, big, 'a', 'bbbbbbbb'), 'memory')\n"
-        "big = nil collectgarbage()\n"
-        /* fill the state nearly full, then compile and match: every
-           closure exists before, so only the pcall'd calls allocate */
-        "local n, hog, i = 0, {}, 0\n"
-        "local function grow() i = i + 1 hog[i] = string.rep('x', 512) .. i "
+        "budget(100000)\n"
+        "local ok, e = pcall(msys.pcre.replace, big, 'a', 'bbbbbbbb')\n"
+        "budget()\n"
+        "assert(not ok, 'replace fit') has(e, 'memory')\n"
+        /* compile (a new pattern each time) and match and split under
+           growing budgets; inputs exist before the budget applies */
+        "local pats, subs, failed = {}, {}, 0\n"
+        "for k = 1, 128 do\n"
+        "  pats[k] = '(a)(b)(c)(?<n>\\\\d+)' .. k\n"
+        "  subs[k] = 'abcabc' .. k .. k\n"
         "end\n"
-        "local function m1() return msys.pcre.match('abcabc' .. n, "
-        "  '(a)(b)(c)(?<n>\\\\d+)' .. n) end\n"
-        "local function s1() return msys.pcre.split(string.rep('a,', 100), "
-        "  ',') end\n"
-        "local function check(ok, e)\n"
-        "  if not ok then e = tostring(e) assert(e:find('memory'), e) end\n"
+        "local list = string.rep('a,', 100)\n"
+        "local ok1, e1, ok2, e2\n"
+        "for k = 1, 128 do\n"
+        "  budget((k - 1) * 256)\n"
+        "  ok1, e1 = pcall(msys.pcre.match, subs[k], pats[k])\n"
+        "  ok2, e2 = pcall(msys.pcre.split, list, ',')\n"
+        "  budget()\n"
+        "  if not ok1 then has(e1, 'memory') failed = failed + 1 end\n"
+        "  if not ok2 then has(e2, 'memory') failed = failed + 1 end\n"
+        "  if ok1 then assert(e1.n == tostring(k), e1.n) end\n"
+        "  if ok2 then assert(#e2 == 100) end\n"
         "end\n"
-        "while pcall(grow) do end\n"
-        "for k = i - 1, i - 8, -1 do hog[k] = nil end\n"
-        "for k = 1, 50 do n = k check(pcall(m1)) check(pcall(s1)) end\n"
-        "hog = nil collectgarbage() collectgarbage()\n"
+        "assert(failed > 0, 'nothing ran out')\n"
+        "assert(ok1 and ok2, 'largest budget still failed')\n"
         "assert(msys.pcre.match('still', 'st(i)ll')[1] == 'i')\n");
     assert_true(ca.refused > 0);
     lua_close(L);
@@ -501,32 +530,28 @@ test_json(void **state)
 static void
 test_json_oom(void **state)
 {
-    struct cap_alloc ca = {0, LUALIB_TEST_CAP, 0};
+    struct cap_alloc ca = {0, SIZE_MAX, 0};
     lua_State *L = new_state(&ca);
 
     run(L, prelude);
     run(L,
-        /* prepared first: only the pcall'd calls allocate once the
-           state is full */
+        /* inputs first; the budget covers only encode and decode */
         "local t = {}\n"
         "for i = 1, 3000 do t[i] = 'value number ' .. i end\n"
         "local text = '[' .. string.rep('{\"k\":\"vvvvvvvv\"},', 3000) .. "
         "  '1]'\n"
-        "local hog, i, fails_enc, fails_dec = {}, 0, 0, 0\n"
-        "local function grow() i = i + 1 hog[i] = string.rep('x', 512) .. i "
+        "local fe, fd, ok1, e1, ok2, e2 = 0, 0\n"
+        "for b = 0, 1024 * 1024, 16 * 1024 do\n"
+        "  budget(b)\n"
+        "  ok1, e1 = pcall(json.encode, t)\n"
+        "  ok2, e2 = pcall(json.decode, text)\n"
+        "  budget()\n"
+        "  if not ok1 then has(e1, 'memory') fe = fe + 1 end\n"
+        "  if not ok2 then has(e2, 'memory') fd = fd + 1 end\n"
         "end\n"
-        "local function enc() return json.encode(t) end\n"
-        "local function dec() return json.decode(text) end\n"
-        "while pcall(grow) do end\n"
-        "for k = i - 1, i - 40, -1 do hog[k] = nil end\n"
-        "for k = 1, 20 do\n"
-        "  local ok, e = pcall(enc)\n"
-        "  if not ok then has(e, 'memory') fails_enc = fails_enc + 1 end\n"
-        "  ok, e = pcall(dec)\n"
-        "  if not ok then has(e, 'memory') fails_dec = fails_dec + 1 end\n"
-        "end\n"
-        "hog = nil collectgarbage() collectgarbage()\n"
-        "assert(fails_enc > 0 and fails_dec > 0, 'nothing ran out')\n"
+        "assert(fe > 0 and fd > 0, 'nothing ran out')\n"
+        "assert(ok1 and ok2, 'largest budget still failed')\n"
+        "assert(#e2 == 3001 and e2[3000].k == 'vvvvvvvv')\n"
         "assert(json.decode('{\"still\": 1}').still == 1)\n"
         "assert(json.encode({1, 2}) == '[1,2]')\n");
     assert_true(ca.refused > 0);
