@@ -43,6 +43,8 @@
 
 #include <string.h>
 
+#include "util.h"
+
 #define ADDR_PART_MAX 1024
 
 enum addr_tok {
@@ -162,6 +164,7 @@ addr_append(struct addr_spec *sp, int domain, const char *p, size_t n)
     char *buf = domain ? sp->domain : sp->local;
     size_t *len = domain ? &sp->domain_len : &sp->local_len;
 
+    ASSERT(*len <= ADDR_PART_MAX);
     if (*len + n > ADDR_PART_MAX) {
         sp->bad = 1;
         return;

@@ -42,6 +42,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "util.h"
+
 #define DUMPER_DEPTH_MAX 64
 #define DUMPER_OUT_MAX (4 * 1024 * 1024)
 
@@ -81,6 +83,7 @@ dumper_add(lua_State *L, struct dumper_out *o, const char *s, size_t n)
         o->p = np;
         o->cap = cap;
     }
+    ASSERT(o->len + n <= o->cap);
     memcpy(o->p + o->len, s, n);
     o->len += n;
 }

@@ -52,6 +52,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "util.h"
+
 #define GAUGE_MAX_ELEMS (1u << 20)
 /* Tables are pre-sized up to this many entries; beyond, they grow. */
 #define GAUGE_PRESIZE 1024
@@ -100,6 +102,8 @@ gauge_unlink(struct gauge *g, uint32_t i)
 {
     struct gauge_slot *e = &g->s[i];
 
+    ASSERT(i >= 1);
+    ASSERT(i <= g->max);
     if (e->prev != 0)
         g->s[e->prev].next = e->next;
     else
@@ -145,7 +149,9 @@ gauge_expired(const struct gauge *g, uint32_t i, uint64_t now)
 static void
 gauge_evict(lua_State *L, struct gauge *g, uint32_t i)
 {
+    ASSERT(g->used > 0);
     lua_rawgeti(L, GAUGE_IDX_NAMES, (int)i);
+    ASSERT(lua_isstring(L, -1));
     lua_pushnil(L);
     lua_rawset(L, GAUGE_IDX_KEYS);
     lua_pushnil(L);
@@ -211,6 +217,7 @@ gauge_insert(lua_State *L, struct gauge *g, uint64_t now)
     if (g->free == 0)
         gauge_evict(L, g, g->tail);
     i = g->free;
+    ASSERT(i != 0);
     /* The tables first: these may raise (out of memory) and the slot is
        still on the free list then. */
     lua_pushvalue(L, 2);

@@ -232,6 +232,7 @@ lpcre_compile(lua_State *L, struct lpcre_cache *c, const char *pat,
                              &fresh.capture_count);
     fresh.last_use = c->tick;
 
+    ASSERT(c->used <= LPCRE_CACHE_MAX);
     if (c->used < LPCRE_CACHE_MAX) {
         victim = c->used++;
     } else {
@@ -277,6 +278,9 @@ lpcre_exec(lua_State *L, struct lpcre_cache *c, struct lpcre_entry *en,
     PCRE2_UCHAR msg[256];
     int rc;
 
+    ASSERT(en->code != NULL);
+    ASSERT(en->md != NULL);
+    ASSERT(start <= len);
     rc = pcre2_match(en->code, (PCRE2_SPTR)s, len, start, options, en->md,
                      c->mctx);
     if (rc > 0)
