@@ -78,6 +78,7 @@
 #include "conf.h"
 #include "delivery_log.h"
 #include "dns.h"
+#include "hist.h"
 #include "loop.h"
 #include "queue.h"
 #include "smtp_client.h"
@@ -102,6 +103,7 @@ struct delivery_stats {
     uint64_t dup_window_max;
     uint64_t abandoned;          /* recipients whose data was sent when the
                                     connection was dropped at stop */
+    struct hist delivery_hist;   /* reception to the remote 250, per rcpt */
 };
 
 /* What the shard lends the delivery side. */

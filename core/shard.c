@@ -62,6 +62,7 @@ static void
 shard_set_state(struct shard *sh, enum shard_state st)
 {
     ck_pr_store_int((int *)&sh->state, (int)st);
+    stats_publish(&sh->pub, sh);
 }
 
 
@@ -100,6 +101,7 @@ shard_setup(struct shard *sh, unsigned id, unsigned shard_count, int cpu,
     sh->limits.new_id_arg = sh;
     sem_init(&sh->started, 0, 0);
     xshard_box_init(&sh->box);
+    xshard_box_init(&sh->ctl_box);
     sh->state = SHARD_STATE_STARTING;
 }
 
@@ -214,6 +216,7 @@ shard_tick_done(struct op *op, int res, uint32_t flags)
         delivery_abort(&sh->dlv);
     }
     delivery_tick(&sh->dlv, now);
+    stats_publish(&sh->pub, sh);
     /* Listeners whose accept ended on an error are re-armed here. */
     for (i = 0; i < sh->listen_count; i++) {
         if (!sh->listens[i].armed && sh->state <= SHARD_STATE_DRAINING)
@@ -358,6 +361,7 @@ shard_init(struct shard *sh)
     }
     loop_before_wait(&sh->loop, shard_before_wait, sh);
     sh->box_op.done = shard_box_done;
+    sh->ctl_box_op.done = shard_ctl_box_done;
     for (i = 0; i < sh->listen_count; i++)
         listener_arm(&sh->listens[i]);
     shard_tick_arm(sh);

@@ -46,6 +46,7 @@
 #include "loop.h"
 #include "smtp_server.h"
 #include "spool.h"
+#include "stats.h"
 #include "xshard.h"
 
 struct session;
@@ -130,6 +131,12 @@ struct shard {
     int ring_fd;
 
     struct shard_stats stats;
+
+    /* the control thread: its own mailbox (one producer per box), and
+     * the counters it reads (stats.h, control.h) */
+    struct xshard_box ctl_box;
+    struct op ctl_box_op;
+    struct stats_pub pub;
 };
 
 void shard_setup(struct shard *sh, unsigned id, unsigned shard_count,
@@ -150,5 +157,6 @@ void session_timeouts(struct shard *sh, uint64_t now);
 void session_abort_all(struct shard *sh);
 void session_drain_all(struct shard *sh);
 void shard_buf_return(struct shard *sh, unsigned bid);
+void shard_ctl_box_done(struct op *op, int res, uint32_t flags);
 
 #endif
