@@ -67,7 +67,11 @@ usage(FILE *fp)
 }
 
 
-/* mkdir_p - create dir and its parents; 0 or -errno */
+/*
+ * mkdir_p - create dir and its parents; 0 or -errno. Mode 0755: with User
+ * set, the unprivileged daemon must be able to pass through the
+ * directories root made (files inside keep their own modes, 0640).
+ */
 static int
 mkdir_p(const char *dir)
 {
@@ -82,11 +86,11 @@ mkdir_p(const char *dir)
         if (*p != '/')
             continue;
         *p = '\0';
-        if (mkdir(tmp, 0750) < 0 && errno != EEXIST)
+        if (mkdir(tmp, 0755) < 0 && errno != EEXIST)
             return -errno;
         *p = '/';
     }
-    if (mkdir(tmp, 0750) < 0 && errno != EEXIST)
+    if (mkdir(tmp, 0755) < 0 && errno != EEXIST)
         return -errno;
     return 0;
 }
