@@ -511,6 +511,9 @@ control_start(struct control *ctl, struct shard *shards, unsigned nshards)
     ctl->shards = shards;
     ctl->nshards = nshards;
     ctl->started_ms = now_ms();
+    /* Nothing to serve: no thread. */
+    if (ctl->ctl_count == 0 && ctl->metrics_count == 0)
+        return 0;
     ctl->wake_fd = eventfd(0, EFD_CLOEXEC);
     if (ctl->wake_fd < 0)
         return -errno;

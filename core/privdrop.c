@@ -8,6 +8,7 @@
 #include <ftw.h>
 #include <grp.h>
 #include <pwd.h>
+#include <sys/prctl.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -69,5 +70,9 @@ privdrop_switch(const char *user, uid_t uid, gid_t gid)
     /* setuid() from root drops the saved uid too: check it stuck. */
     if (uid != 0 && (setuid(0) == 0 || seteuid(0) == 0))
         return -EPERM;
+    /* A uid change makes the process non-dumpable: panic() must still
+     * leave a core (and the sanitizers must still attach to threads). */
+    if (prctl(PR_SET_DUMPABLE, 1, 0, 0, 0) < 0)
+        return -errno;
     return 0;
 }

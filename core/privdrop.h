@@ -13,7 +13,8 @@
  *   uid:gid: the spool and the log directories, so that the daemon can
  *   keep writing them. privdrop_switch() drops root for good: the
  *   supplementary groups (initgroups), then the gid, then the uid, and
- *   checks that root cannot be regained. Each returns 0 or -errno
+ *   checks that root cannot be regained; the process is made dumpable
+ *   again so that a panic still leaves a core. Each returns 0 or -errno
  *   (-ENOENT: no such user; -EPERM: not root, and not already that user).
  * THREADS
  *   Main thread, before any other thread starts: setuid() applies to the
