@@ -27,9 +27,6 @@
 #include "log.h"
 #include "util.h"
 
-int control_http_answer(struct control *ctl, char *req, size_t len,
-                        struct outbuf *out);
-
 
 /* control_unix_listen - a 0600 unix socket at path; fd or -errno */
 static int

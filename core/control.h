@@ -126,6 +126,8 @@ void control_stop(struct control *ctl);
 int control_cmd_run(struct control *ctl, char *line, int json,
                     struct outbuf *out);
 void control_metrics(struct control *ctl, struct outbuf *out);
+int control_http_answer(struct control *ctl, char *req, size_t len,
+                        struct outbuf *out);
 int control_ready(const struct control *ctl);
 void control_rates(const struct control *ctl, unsigned window_s,
                    double *received_per_s, double *delivered_per_s);

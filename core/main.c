@@ -15,7 +15,8 @@
  *   SIGTERM/SIGINT: drain (shards stop taking mail, answer 421 4.3.2 to new
  *   connections, finish open transactions within Shutdown_Timeout), join
  *   the shards, exit 0. A second SIGTERM stops at once (sessions waiting
- *   for a commit still get their answer). SIGUSR1 reopens the paniclog.
+ *   for a commit still get their answer). SIGUSR1 reopens the paniclog
+ *   and the delivery log.
  *   SIGHUP runs daemon_reload(), as ringctl's `config reload` does.
  *
  *   The console and metrics sockets (control.h) are bound with the SMTP
@@ -476,6 +477,8 @@ main(int argc, char **argv)
             }
         } else if (rc == SIGUSR1) {
             log_reopen();
+            for (i = 0; i < nshards; i++)
+                shard_reopen_logs_remote(&shards[i], &tx);
             log_panic("main", "paniclog reopened");
         } else if (rc == SIGHUP) {
             char err[4096];

@@ -21,9 +21,6 @@
 #include "daemon.h"
 #include "util.h"
 
-int control_http_answer(struct control *ctl, char *req, size_t len,
-                        struct outbuf *out);
-
 struct metric_def {
     const char *name;
     const char *type;            /* counter or gauge */

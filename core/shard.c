@@ -262,6 +262,10 @@ shard_box_done(struct op *op, int res, uint32_t flags)
             session_abort_all(sh);
             delivery_abort(&sh->dlv);
             break;
+        case XS_MAIN_SHARD_LOGS_REOPEN:
+            if (sh->dlv.log_ok)
+                delivery_log_reopen(&sh->dlv.log);
+            break;
         default:
             panic("shard %u: unknown message kind %d", sh->id, m->kind);
         }
@@ -480,6 +484,13 @@ void
 shard_stop_remote(struct shard *sh, struct xshard_sender *tx)
 {
     shard_post(sh, tx, XS_MAIN_SHARD_STOP);
+}
+
+
+void
+shard_reopen_logs_remote(struct shard *sh, struct xshard_sender *tx)
+{
+    shard_post(sh, tx, XS_MAIN_SHARD_LOGS_REOPEN);
 }
 
 

@@ -10,6 +10,8 @@
  *   int  shard_wait_started(struct shard *sh);
  *   void shard_drain_remote(struct shard *sh, struct xshard_sender *tx);
  *   void shard_stop_remote(struct shard *sh, struct xshard_sender *tx);
+ *   void shard_reopen_logs_remote(struct shard *sh,
+ *                                 struct xshard_sender *tx);
  *   void shard_join(struct shard *sh);
  * DESCRIPTION
  *   shard_setup() fills the struct in the main thread; shard_start()
@@ -26,6 +28,8 @@
  *   loop once every session is closed and the spool is idle.
  *   shard_stop_remote(): the drain budget is spent; close every session
  *   now (a session waiting for its commit still gets its answer first).
+ *   shard_reopen_logs_remote() (SIGUSR1): reopen the delivery log after
+ *   logrotate moved it.
  * OWNERSHIP
  *   Everything reachable from struct shard, except conf (the main thread's)
  *   and the listening fds (created by the main thread, closed by the shard).
@@ -146,6 +150,7 @@ int shard_start(struct shard *sh);
 int shard_wait_started(struct shard *sh);
 void shard_drain_remote(struct shard *sh, struct xshard_sender *tx);
 void shard_stop_remote(struct shard *sh, struct xshard_sender *tx);
+void shard_reopen_logs_remote(struct shard *sh, struct xshard_sender *tx);
 void shard_join(struct shard *sh);
 
 #define SHARD_BUF_GROUP 1

@@ -11,6 +11,7 @@
 enum xshard_kind {
     XS_MAIN_SHARD_DRAIN,         /* stop accepting, finish sessions, exit */
     XS_MAIN_SHARD_STOP,          /* drain budget spent: close everything */
+    XS_MAIN_SHARD_LOGS_REOPEN,   /* SIGUSR1: reopen the delivery log */
     XS_MAIN_KIND_COUNT,
 
     /* control thread -> shard, through struct shard's ctl_box; the

@@ -364,6 +364,20 @@ class Control(h.DaemonTest):
         d.check_exit(rc)
         self.assertFalse(os.path.exists(d.sock), "socket left behind")
 
+    def test_sigusr1_reopens_logs(self):
+        d = self.daemon(shards=2)
+        logdir = os.path.join(d.dir, "log")
+        os.rename(os.path.join(logdir, "paniclog"),
+                  os.path.join(logdir, "paniclog.1"))
+        os.rename(os.path.join(logdir, "delivery.log"),
+                  os.path.join(logdir, "delivery.log.1"))
+        d.send_signal(signal.SIGUSR1)
+        wait_until(lambda: "paniclog reopened" in d.paniclog(), t(10),
+                   "a new paniclog")
+        _, qid = self.send(d)
+        wait_until(lambda: any(x["id"] == qid for x in self.delivery_log(d)),
+                   t(10), "the deferral in the new delivery log")
+
     # --- metrics ----------------------------------------------------------
 
     def test_metrics_counters_move(self):

@@ -29,9 +29,6 @@
 
 #define LISTENER "ESMTP_Listener { Listen \"127.0.0.1:2525\" { } }\n"
 
-int control_http_answer(struct control *ctl, char *req, size_t len,
-                        struct outbuf *out);
-
 static char test_dir[PATH_MAX];
 static char test_path[PATH_MAX + 64];
 static struct conf_errors test_errs;
