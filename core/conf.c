@@ -1553,8 +1553,8 @@ conf_ops_finish(struct conf_ctx *ctx)
 
         c->run_directory = xstrdup(c->spool_base);
         slash = strrchr(c->run_directory, '/');
-        if (slash != NULL && slash != c->run_directory)
-            *slash = '\0';
+        if (slash != NULL)
+            slash[slash == c->run_directory ? 1 : 0] = '\0';
     }
     for (i = 0; i < c->control_listen_count && c->run_directory; i++) {
         struct conf_control_listen *cl = &c->control_listens[i];
