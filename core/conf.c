@@ -34,6 +34,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <limits.h>
+#include <pwd.h>
 #include <stdarg.h>
 #include <strings.h>
 #include <unistd.h>
@@ -126,7 +127,7 @@ static conf_set_fn conf_set_path, conf_set_hostname, conf_set_uint,
 static conf_enter_fn conf_esmtp_listener_enter, conf_listen_enter,
     conf_domain_enter, conf_binding_enter;
 static conf_leave_fn conf_esmtp_listener_leave;
-static conf_set_fn conf_set_string;
+static conf_set_fn conf_set_string, conf_set_user;
 static conf_enter_fn conf_ops_listener_enter, conf_control_listen_enter,
     conf_metrics_listen_enter;
 
@@ -152,7 +153,7 @@ static const struct conf_directive conf_directives[] = {
       "log/delivery.log", 0 },
     { "Run_Directory", GLOBAL, conf_set_path, C(run_directory), 0, 0, 0,
       NULL, 0 },
-    { "User", GLOBAL, conf_set_string, C(user), 0, 1, 64, NULL, 0 },
+    { "User", GLOBAL, conf_set_user, C(user), 0, 1, 64, NULL, 0 },
     { "Max_Message_Size", GLOBAL, conf_set_size, C(max_message_size), 0,
       1 * KIB, 2 * GIB, "20M", 0 },
     { "Max_Recipients_Per_Message", GLOBAL, conf_set_uint,
@@ -1467,6 +1468,24 @@ conf_listen_enter(struct conf_ctx *ctx, const struct conf_node *n,
     li->file = ctx->c->path;
     li->line = n->line;
     return li;
+}
+
+
+/* conf_set_user - a user name this machine knows (getpwnam) */
+static int
+conf_set_user(struct conf_ctx *ctx, const struct conf_directive *d,
+              const struct conf_node *n, void *base)
+{
+    const char *v = conf_scalar(n);
+
+    if (conf_set_string(ctx, d, n, base) < 0)
+        return -EINVAL;
+    if (getpwnam(v) == NULL) {
+        conf_errors_add(ctx->errs, n->file, n->line,
+                        "User '%s': no such user on this machine", v);
+        return -EINVAL;
+    }
+    return 0;
 }
 
 

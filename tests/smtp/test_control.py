@@ -529,7 +529,12 @@ class Control(h.DaemonTest):
                               start=False)
         with self.assertRaises(h.DaemonError):
             d.start()
-        self.assertIn("no such user", d.paniclog())
+        self.assertIn("User 'no-such-user-x': no such user", d.stderr())
+        p = subprocess.run([h.RINGMAILD, "-t", "-c", d.conf_path],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           timeout=t(30))
+        self.assertEqual(p.returncode, 1)
+        self.assertIn(b"ringmail.conf:", p.stderr)
 
 
 def tempfile_dir(test):

@@ -162,6 +162,14 @@ ops_errors(void **state)
     assert_null(c);
     assert_int_equal(test_errs.count, 1);
     assert_non_null(strstr(test_errs.v[0].message, "too long"));
+    conf_errors_fini(&test_errs);
+    c = load("User = \"no-such-user-here\"\n" LISTENER);
+    assert_null(c);
+    assert_int_equal(test_errs.count, 1);
+    assert_string_equal(test_errs.v[0].message,
+                        "User 'no-such-user-here': no such user on this "
+                        "machine");
+    assert_int_equal(test_errs.v[0].line, 1);
 }
 
 
