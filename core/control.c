@@ -518,12 +518,9 @@ control_start(struct control *ctl, struct shard *shards, unsigned nshards)
     if (rc < 0)
         return rc;
     ctl->tx_ok = 1;
+    /* Rows come with a shard's first queue command (control_queue.c):
+     * most daemons are never asked, and shards may be many. */
     ctl->reqs = xcalloc(nshards, sizeof *ctl->reqs);
-    for (i = 0; i < nshards; i++) {
-        ctl->reqs[i].row_max = SHARD_CTL_ROWS_MAX;
-        ctl->reqs[i].rows = xcalloc(SHARD_CTL_ROWS_MAX,
-                                    sizeof *ctl->reqs[i].rows);
-    }
     for (i = 0; i < CONTROL_CLIENTS_MAX; i++)
         ctl->clients[i].buf = xmalloc(CONTROL_HTTP_MAX);
     rc = -pthread_create(&ctl->thread, NULL, control_main, ctl);

@@ -56,6 +56,10 @@ cmd_call(struct cmd_ctx *cx, int only, enum xshard_kind kind,
         answered[i] = 0;
         if (only >= 0 && (unsigned)only != i)
             continue;
+        if (req->rows == NULL) {
+            req->rows = xcalloc(SHARD_CTL_ROWS_MAX, sizeof *req->rows);
+            req->row_max = SHARD_CTL_ROWS_MAX;
+        }
         if (!req->busy)
             snprintf(req->arg, sizeof req->arg, "%s", arg);
         else if (ck_pr_load_int(&req->msg.handled))
