@@ -34,6 +34,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <limits.h>
+#include <pwd.h>
 #include <stdarg.h>
 #include <strings.h>
 #include <unistd.h>
@@ -64,6 +65,14 @@ enum conf_scope_bit {
 #define CONF_NAMESERVERS_MAX 16
 #define CONF_PORT_SMTP 25
 #define CONF_PORT_DNS 53
+
+/* Scopes of the operations side: the console and metrics listeners. */
+enum conf_scope_bit_ops {
+    CONF_SCOPE_CONTROL_LISTENER = 1u << 16,
+    CONF_SCOPE_CONTROL_LISTEN = 1u << 17,
+    CONF_SCOPE_METRICS_LISTENER = 1u << 18,
+    CONF_SCOPE_METRICS_LISTEN = 1u << 19,
+};
 
 enum conf_instance {
     CONF_INSTANCE_NONE,
@@ -123,6 +132,9 @@ static conf_enter_fn conf_esmtp_listener_enter, conf_listen_enter,
     conf_domain_enter, conf_binding_enter, conf_scriptlet_enter,
     conf_script_enter, conf_alerting_enter;
 static conf_leave_fn conf_esmtp_listener_leave;
+static conf_set_fn conf_set_string, conf_set_user;
+static conf_enter_fn conf_ops_listener_enter, conf_control_listen_enter,
+    conf_metrics_listen_enter;
 
 #define GLOBAL CONF_SCOPE_GLOBAL
 #define LISTENER CONF_SCOPE_ESMTP_LISTENER
@@ -147,6 +159,9 @@ static const struct conf_directive conf_directives[] = {
       "log/paniclog", 0 },
     { "Delivery_Log", GLOBAL, conf_set_path, C(delivery_log), 0, 0, 0,
       "log/delivery.log", 0 },
+    { "Run_Directory", GLOBAL, conf_set_path, C(run_directory), 0, 0, 0,
+      NULL, 0 },
+    { "User", GLOBAL, conf_set_user, C(user), 0, 1, 64, NULL, 0 },
     { "Max_Message_Size", GLOBAL, conf_set_size, C(max_message_size), 0,
       1 * KIB, 2 * GIB, "20M", 0 },
     { "Max_Recipients_Per_Message", GLOBAL, conf_set_uint,
@@ -220,6 +235,16 @@ static const struct conf_directive conf_directives[] = {
 static const struct conf_scope conf_scopes[] = {
     { "(global)", CONF_SCOPE_GLOBAL, 0, CONF_INSTANCE_NONE, NULL, NULL,
       NULL, C(domain_default), 0 },
+    { "Control_Listener", CONF_SCOPE_CONTROL_LISTENER, GLOBAL,
+      CONF_INSTANCE_NONE, NULL, conf_ops_listener_enter, NULL, 0, 0 },
+    { "Listen", CONF_SCOPE_CONTROL_LISTEN, CONF_SCOPE_CONTROL_LISTENER,
+      CONF_INSTANCE_REQUIRED, "Listen \"ringmail.ctl\" { }",
+      conf_control_listen_enter, NULL, 0, 0 },
+    { "Metrics_Listener", CONF_SCOPE_METRICS_LISTENER, GLOBAL,
+      CONF_INSTANCE_NONE, NULL, conf_ops_listener_enter, NULL, 0, 0 },
+    { "Listen", CONF_SCOPE_METRICS_LISTEN, CONF_SCOPE_METRICS_LISTENER,
+      CONF_INSTANCE_REQUIRED, "Listen \"127.0.0.1:9025\" { }",
+      conf_metrics_listen_enter, NULL, 0, 0 },
     { "ESMTP_Listener", CONF_SCOPE_ESMTP_LISTENER, GLOBAL,
       CONF_INSTANCE_OPTIONAL, NULL, conf_esmtp_listener_enter,
       conf_esmtp_listener_leave, 0, 0 },
@@ -1484,6 +1509,126 @@ conf_listen_enter(struct conf_ctx *ctx, const struct conf_node *n,
 }
 
 
+/* conf_set_user - a user name this machine knows (getpwnam) */
+static int
+conf_set_user(struct conf_ctx *ctx, const struct conf_directive *d,
+              const struct conf_node *n, void *base)
+{
+    const char *v = conf_scalar(n);
+
+    if (conf_set_string(ctx, d, n, base) < 0)
+        return -EINVAL;
+    if (getpwnam(v) == NULL) {
+        conf_errors_add(ctx->errs, n->file, n->line,
+                        "User '%s': no such user on this machine", v);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+
+/* conf_ops_listener_enter - Control_Listener or Metrics_Listener: its
+ * Listen scopes land in the global struct conf */
+static void *
+conf_ops_listener_enter(struct conf_ctx *ctx, const struct conf_node *n,
+                        void *parent)
+{
+    ASSERT(parent == ctx->c);
+    return parent;
+}
+
+
+/* conf_control_listen_enter - Listen "PATH" { } of the Control_Listener;
+ * the path is resolved against Run_Directory in conf_ops_finish() */
+static void *
+conf_control_listen_enter(struct conf_ctx *ctx, const struct conf_node *n,
+                          void *parent)
+{
+    struct conf *c = parent;
+    struct conf_control_listen *cl;
+
+    ASSERT(n->instance != NULL);
+    if (n->instance[0] == '\0') {
+        conf_errors_add(ctx->errs, n->file, n->line,
+                        "Control_Listener Listen needs a socket path, as "
+                        "in Listen \"ringmail.ctl\" { }");
+        return NULL;
+    }
+    c->control_listens = conf_grow(c->control_listens,
+                                   c->control_listen_count,
+                                   sizeof *c->control_listens);
+    cl = &c->control_listens[c->control_listen_count++];
+    cl->path = xstrdup(n->instance);
+    cl->file = c->path;
+    cl->line = n->line;
+    return cl;
+}
+
+
+/* conf_metrics_listen_enter - Listen "ADDR:PORT" { } of Metrics_Listener */
+static void *
+conf_metrics_listen_enter(struct conf_ctx *ctx, const struct conf_node *n,
+                          void *parent)
+{
+    struct conf *c = parent;
+    struct sockaddr_storage ss;
+    struct conf_listen *li;
+    socklen_t len = 0;
+
+    ASSERT(n->instance != NULL);
+    if (conf_listen_from_str(n->instance, &ss, &len) < 0) {
+        conf_errors_add(ctx->errs, n->file, n->line,
+                        "bad Metrics_Listener Listen address '%s': expected "
+                        "IPV4:PORT or [IPV6]:PORT, as in 127.0.0.1:9025",
+                        n->instance);
+        return NULL;
+    }
+    c->metrics_listens = conf_grow(c->metrics_listens,
+                                   c->metrics_listen_count,
+                                   sizeof *c->metrics_listens);
+    li = &c->metrics_listens[c->metrics_listen_count++];
+    memset(li, 0, sizeof *li);
+    li->addr = ss;
+    li->addr_len = len;
+    li->text = xstrdup(n->instance);
+    li->file = c->path;
+    li->line = n->line;
+    return li;
+}
+
+
+/* conf_ops_finish - Run_Directory (default: Spool_Base's parent) and the
+ * console socket paths, which live in it unless absolute */
+static void
+conf_ops_finish(struct conf_ctx *ctx)
+{
+    struct conf *c = ctx->c;
+    size_t i;
+
+    if (c->run_directory == NULL && c->spool_base != NULL) {
+        char *slash;
+
+        c->run_directory = xstrdup(c->spool_base);
+        slash = strrchr(c->run_directory, '/');
+        if (slash != NULL)
+            slash[slash == c->run_directory ? 1 : 0] = '\0';
+    }
+    for (i = 0; i < c->control_listen_count && c->run_directory; i++) {
+        struct conf_control_listen *cl = &c->control_listens[i];
+        char *full = conf_path_resolve(c->run_directory, cl->path);
+
+        free(cl->path);
+        cl->path = full;
+        /* sun_path holds 108 bytes, the NUL included */
+        if (strlen(full) >= 108) {
+            conf_errors_add(ctx->errs, cl->file, cl->line,
+                            "Control_Listener path '%s' is too long for a "
+                            "unix socket (at most 107 bytes)", full);
+        }
+    }
+}
+
+
 /* conf_directive_find - the option row named name, or NULL */
 static const struct conf_directive *
 conf_directive_find(const char *name)
@@ -2214,6 +2359,7 @@ conf_load(const char *path, struct conf_errors *errs)
     conf_bindings_finish(&ctx);
     conf_throttles_number(c);
     conf_scriptlet_check(&ctx);
+    conf_ops_finish(&ctx);
 
 out:
     conf_node_free(root);
@@ -2271,6 +2417,14 @@ conf_free(struct conf *c)
     for (i = 0; i < c->nameserver_count; i++)
         free(c->nameservers[i].text);
     free(c->nameservers);
+    for (i = 0; i < c->control_listen_count; i++)
+        free(c->control_listens[i].path);
+    free(c->control_listens);
+    for (i = 0; i < c->metrics_listen_count; i++)
+        free(c->metrics_listens[i].text);
+    free(c->metrics_listens);
+    free(c->run_directory);
+    free(c->user);
     free(c->mailer_daemon);
     free(c->delivery_log);
     free(c->paniclog);

@@ -81,6 +81,13 @@ struct conf_listen {
     int line;
 };
 
+/* One Control_Listener Listen "PATH" { }: a unix socket for ringctl. */
+struct conf_control_listen {
+    char *path;                  /* resolved against Run_Directory */
+    const char *file;            /* struct conf's path */
+    int line;
+};
+
 /* One Relay_Hosts entry: 127.0.0.0/8, ::1, 10.1.2.3 (a /32). */
 struct conf_cidr {
     int family;                  /* AF_INET or AF_INET6 */
@@ -215,6 +222,14 @@ struct conf {
     char *hostname;              /* Hostname, default gethostname() */
     char *paniclog;              /* Paniclog, default "log/paniclog" */
     char *delivery_log;          /* Delivery_Log, default "log/delivery.log" */
+    char *run_directory;         /* Run_Directory, default: Spool_Base's
+                                  * parent; base of Control_Listener paths */
+    char *user;                  /* User: run as this user once sockets are
+                                  * bound (started as root); NULL: stay */
+    struct conf_control_listen *control_listens;  /* Control_Listener */
+    size_t control_listen_count;
+    struct conf_listen *metrics_listens;          /* Metrics_Listener */
+    size_t metrics_listen_count;
 
     /* inbound limits, global scope */
     uint64_t max_message_size;   /* Max_Message_Size, default 20M, 1K..2G */

@@ -662,6 +662,9 @@ item_outcome(struct delivery *dl, struct dlv_item *it,
             log_rcpt(dl, it, i, DELIVERY_LOG_DELIVERED, r, host, ip,
                      attempt, now);
             st->delivered++;
+            hist_record_us(&st->delivery_hist,
+                           now > it->msg->received_ms
+                               ? (now - it->msg->received_ms) * 1000 : 0);
             if (done == NULL)
                 done = xmalloc(it->rcpt_count * sizeof *done);
             done[nd++] = i;

@@ -78,6 +78,7 @@
 #include "conf.h"
 #include "delivery_log.h"
 #include "dns.h"
+#include "hist.h"
 #include "loop.h"
 #include "queue.h"
 #include "smtp_client.h"
@@ -103,6 +104,7 @@ struct delivery_stats {
     uint64_t abandoned;          /* recipients whose data was sent when the
                                     connection was dropped at stop */
     uint64_t held;               /* relay control's SkipSend */
+    struct hist delivery_hist;   /* reception to the remote 250, per rcpt */
 };
 
 struct dlv_msg;

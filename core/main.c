@@ -15,9 +15,18 @@
  *   SIGTERM/SIGINT: drain (shards stop taking mail, answer 421 4.3.2 to new
  *   connections, finish open transactions within Shutdown_Timeout), join
  *   the shards, exit 0. A second SIGTERM stops at once (sessions waiting
- *   for a commit still get their answer). SIGUSR1 reopens the paniclog.
- *   SIGHUP reloads the configuration's scriptlet scope (daemon.h): the new
- *   policy generation is checked first and applied only if it is sound.
+ *   for a commit still get their answer). SIGUSR1 reopens the paniclog
+ *   and the delivery log.
+ *   SIGHUP runs daemon_reload(), as ringctl's `config reload` does: the
+ *   scriptlet scope's new policy generation is checked first and applied
+ *   only if it is sound.
+ *
+ *   The console and metrics sockets (control.h) are bound with the SMTP
+ *   listeners; then, with User set, the spool and log files are given to
+ *   that user and root is dropped, before any shard starts. The control
+ *   thread starts with the shards (/ready says 503 until all serve) and
+ *   stops after they are joined. `shutdown` on the console raises
+ *   SIGTERM: the same drain.
  * OWNERSHIP
  *   The configuration and the shard array live for the whole process.
  * THREADS
@@ -28,6 +37,7 @@
 #include <ck_pr.h>
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -39,9 +49,11 @@
 #include <unistd.h>
 
 #include "conf.h"
+#include "control.h"
 #include "daemon.h"
 #include "policy.h"
 #include "log.h"
+#include "privdrop.h"
 #include "shard.h"
 #include "spool.h"
 #include "util.h"
@@ -59,7 +71,11 @@ usage(FILE *fp)
 }
 
 
-/* mkdir_p - create dir and its parents; 0 or -errno */
+/*
+ * mkdir_p - create dir and its parents; 0 or -errno. Mode 0755: with User
+ * set, the unprivileged daemon must be able to pass through the
+ * directories root made (files inside keep their own modes, 0640).
+ */
 static int
 mkdir_p(const char *dir)
 {
@@ -74,11 +90,11 @@ mkdir_p(const char *dir)
         if (*p != '/')
             continue;
         *p = '\0';
-        if (mkdir(tmp, 0750) < 0 && errno != EEXIST)
+        if (mkdir(tmp, 0755) < 0 && errno != EEXIST)
             return -errno;
         *p = '/';
     }
-    if (mkdir(tmp, 0750) < 0 && errno != EEXIST)
+    if (mkdir(tmp, 0755) < 0 && errno != EEXIST)
         return -errno;
     return 0;
 }
@@ -152,6 +168,48 @@ spool_stranded(const char *spool_base, unsigned nshards, char *first,
     }
     closedir(d);
     return live;
+}
+
+
+/*
+ * drop_privileges - become User: the spool, the log files and the console
+ * sockets are given to it first, so that it can go on writing them
+ */
+static int
+drop_privileges(const struct conf *c, struct control *ctl)
+{
+    const char *files[] = { c->paniclog, c->delivery_log };
+    uid_t uid;
+    gid_t gid;
+    size_t i;
+    int rc, fd;
+
+    rc = privdrop_lookup(c->user, &uid, &gid);
+    if (rc < 0) {
+        log_panic("main", "User %s: %s", c->user, rc == -ENOENT
+                  ? "no such user" : strerror(-rc));
+        return rc;
+    }
+    rc = privdrop_chown_tree(c->spool_base, uid, gid);
+    for (i = 0; rc == 0 && i < ARRAY_SIZE(files); i++) {
+        /* Shards open the delivery log after the drop: create it now. */
+        fd = open(files[i], O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+        if (fd < 0 || fchown(fd, uid, gid) < 0)
+            rc = -errno;
+        if (fd >= 0)
+            close(fd);
+    }
+    if (rc == 0)
+        rc = control_chown(ctl, uid, gid);
+    if (rc == 0)
+        rc = privdrop_switch(c->user, uid, gid);
+    if (rc < 0)
+        log_panic("main", "cannot run as User %s: %s", c->user,
+                  strerror(-rc));
+    else
+        log_panic("main", "running as User %s (uid %u, gid %u)", c->user,
+                  (unsigned)uid, (unsigned)gid);
+    return rc;
 }
 
 
@@ -249,13 +307,14 @@ main(int argc, char **argv)
     struct shard *shards = NULL;
     struct shard_listen **per_shard = NULL;
     struct xshard_sender tx;
+    struct control ctl;
     size_t listen_count = 0;
     unsigned nshards, i, ncpu;
     char ready_text[1024];
     sigset_t sigs;
     int policy_started = 0;
     int check_only = 0, opt, rc, draining = 0, failed = 0, tx_ok = 0,
-        handed_over = 0;
+        handed_over = 0, ctl_ok = 0;
 
     static const struct option longopts[] = {
         { "help", no_argument, NULL, 'h' },
@@ -376,6 +435,13 @@ main(int argc, char **argv)
         goto fail;
     }
     tx_ok = 1;
+    /* Console and metrics sockets: bound before root is dropped. */
+    rc = control_open(&ctl, conf);
+    ctl_ok = 1;
+    if (rc < 0)
+        goto fail;
+    if (conf->user != NULL && drop_privileges(conf, &ctl) < 0)
+        goto fail;
 
     shards = xcalloc(nshards, sizeof *shards);
     handed_over = 1;             /* the shards own and close the sockets */
@@ -389,6 +455,11 @@ main(int argc, char **argv)
             _exit(1);
         }
     }
+    /* /ready answers 503 until every shard serves. */
+    rc = control_start(&ctl, shards, nshards);
+    if (rc < 0)
+        log_panic("main", "cannot start the control thread: %s; no console "
+                  "or metrics", strerror(-rc));
     for (i = 0; i < nshards; i++) {
         if (shard_wait_started(&shards[i]) < 0)
             failed = 1;
@@ -430,10 +501,13 @@ main(int argc, char **argv)
             }
         } else if (rc == SIGUSR1) {
             log_reopen();
+            for (i = 0; i < nshards; i++)
+                shard_reopen_logs_remote(&shards[i], &tx);
             log_panic("main", "paniclog reopened");
         } else if (rc == SIGHUP) {
             char err[8192];
 
+            /* daemon_reload() logs what it did, or why not. */
             log_panic("main", "SIGHUP: configuration reload");
             (void)daemon_reload(err, sizeof err);
         }
@@ -441,6 +515,9 @@ main(int argc, char **argv)
 
     for (i = 0; i < nshards; i++)
         shard_join(&shards[i]);
+    /* The control thread reads the shards' memory: stop it first. */
+    control_stop(&ctl);
+    ctl_ok = 0;
     daemon_shards_set(NULL, 0);
     log_panic("main", failed ? "ringmaild failed to start" :
                               "ringmaild stopped");
@@ -450,6 +527,8 @@ fail:
     failed = 1;
 out:
     /* Every exit comes here, so nothing leaks (ASan checks it). */
+    if (ctl_ok)
+        control_stop(&ctl);
     if (tx_ok)
         xshard_sender_fini(&tx);
     if (policy_started)

@@ -63,6 +63,7 @@ static void
 shard_set_state(struct shard *sh, enum shard_state st)
 {
     ck_pr_store_int((int *)&sh->state, (int)st);
+    stats_publish(&sh->pub, sh);
 }
 
 
@@ -101,6 +102,7 @@ shard_setup(struct shard *sh, unsigned id, unsigned shard_count, int cpu,
     sh->limits.new_id_arg = sh;
     sem_init(&sh->started, 0, 0);
     xshard_box_init(&sh->box);
+    xshard_box_init(&sh->ctl_box);
     sh->state = SHARD_STATE_STARTING;
 }
 
@@ -216,6 +218,7 @@ shard_tick_done(struct op *op, int res, uint32_t flags)
     }
     delivery_tick(&sh->dlv, now);
     policy_engine_tick(sh->policy, now);
+    stats_publish(&sh->pub, sh);
     /* Listeners whose accept ended on an error are re-armed here. */
     for (i = 0; i < sh->listen_count; i++) {
         if (!sh->listens[i].armed && sh->state <= SHARD_STATE_DRAINING)
@@ -260,6 +263,10 @@ shard_box_done(struct op *op, int res, uint32_t flags)
             shard_enter_stopping(sh);
             session_abort_all(sh);
             delivery_abort(&sh->dlv);
+            break;
+        case XS_MAIN_SHARD_LOGS_REOPEN:
+            if (sh->dlv.log_ok)
+                delivery_log_reopen(&sh->dlv.log);
             break;
         default:
             panic("shard %u: unknown message kind %d", sh->id, m->kind);
@@ -386,6 +393,7 @@ shard_init(struct shard *sh)
     }
     loop_before_wait(&sh->loop, shard_before_wait, sh);
     sh->box_op.done = shard_box_done;
+    sh->ctl_box_op.done = shard_ctl_box_done;
     for (i = 0; i < sh->listen_count; i++)
         listener_arm(&sh->listens[i]);
     shard_tick_arm(sh);
@@ -506,6 +514,13 @@ void
 shard_stop_remote(struct shard *sh, struct xshard_sender *tx)
 {
     shard_post(sh, tx, XS_MAIN_SHARD_STOP);
+}
+
+
+void
+shard_reopen_logs_remote(struct shard *sh, struct xshard_sender *tx)
+{
+    shard_post(sh, tx, XS_MAIN_SHARD_LOGS_REOPEN);
 }
 
 

@@ -10,6 +10,8 @@
  *   int  shard_wait_started(struct shard *sh);
  *   void shard_drain_remote(struct shard *sh, struct xshard_sender *tx);
  *   void shard_stop_remote(struct shard *sh, struct xshard_sender *tx);
+ *   void shard_reopen_logs_remote(struct shard *sh,
+ *                                 struct xshard_sender *tx);
  *   void shard_join(struct shard *sh);
  * DESCRIPTION
  *   shard_setup() fills the struct in the main thread; shard_start()
@@ -26,6 +28,8 @@
  *   loop once every session is closed and the spool is idle.
  *   shard_stop_remote(): the drain budget is spent; close every session
  *   now (a session waiting for its commit still gets its answer first).
+ *   shard_reopen_logs_remote() (SIGUSR1): reopen the delivery log after
+ *   logrotate moved it.
  * OWNERSHIP
  *   Everything reachable from struct shard, except conf (the main thread's)
  *   and the listening fds (created by the main thread, closed by the shard).
@@ -46,6 +50,7 @@
 #include "loop.h"
 #include "smtp_server.h"
 #include "spool.h"
+#include "stats.h"
 #include "xshard.h"
 
 struct session;
@@ -132,6 +137,12 @@ struct shard {
     int ring_fd;
 
     struct shard_stats stats;
+
+    /* the control thread: its own mailbox (one producer per box), and
+     * the counters it reads (stats.h, control.h) */
+    struct xshard_box ctl_box;
+    struct op ctl_box_op;
+    struct stats_pub pub;
 };
 
 void shard_setup(struct shard *sh, unsigned id, unsigned shard_count,
@@ -141,6 +152,7 @@ int shard_start(struct shard *sh);
 int shard_wait_started(struct shard *sh);
 void shard_drain_remote(struct shard *sh, struct xshard_sender *tx);
 void shard_stop_remote(struct shard *sh, struct xshard_sender *tx);
+void shard_reopen_logs_remote(struct shard *sh, struct xshard_sender *tx);
 void shard_join(struct shard *sh);
 
 #define SHARD_BUF_GROUP 1
@@ -152,5 +164,6 @@ void session_timeouts(struct shard *sh, uint64_t now);
 void session_abort_all(struct shard *sh);
 void session_drain_all(struct shard *sh);
 void shard_buf_return(struct shard *sh, unsigned bid);
+void shard_ctl_box_done(struct op *op, int res, uint32_t flags);
 
 #endif

@@ -92,6 +92,7 @@ struct spool_batch {
     int direct;                  /* RWF_DSYNC, no fdatasync */
     int write_res, sync_res;
     struct op write_op, sync_op;
+    uint64_t submit_us;          /* for the commit latency histogram */
 };
 
 enum spool_prep_state {
@@ -1090,6 +1091,12 @@ spool_batch_done(struct spool_batch *b)
         sp->fdatasyncs++;
     sp->inflight = NULL;
     if (err == 0) {
+        uint64_t now = now_us();
+        struct spool_msg *m;
+
+        hist_record_us(&sp->commit_hist, now - b->submit_us);
+        for (m = b->head; m != NULL; m = m->next)
+            hist_record_us(&sp->dot_to_250_hist, now - m->queued_us);
         sp->commits += b->count - b->mark_count;
         sp->marks += b->mark_count;
         if (b->count > b->mark_count)
@@ -1419,6 +1426,7 @@ spool_submit(struct spool *sp)
     ASSERT(b->len <= SPOOL_REC_PAYLOAD_MAX + SPOOL_BATCH_SOFT_BYTES);
 
     b->direct = sp->direct;
+    b->submit_us = now_us();
     spool_sq_room(sp, 2);
     sqe = loop_sqe(sp->lp, &b->write_op);
     io_uring_prep_write(sqe, sp->seg_fd, b->buf, (unsigned)b->len, b->off);
@@ -1463,6 +1471,7 @@ spool_commit(struct spool *sp, struct spool_msg *m)
     ASSERT(m->rcpt_count > 0);
     ASSERT(m->body_iov_count == 0 || m->body != NULL);
     m->next = NULL;
+    m->queued_us = now_us();
     *sp->queue_tail = m;
     sp->queue_tail = &m->next;
 }

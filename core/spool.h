@@ -118,6 +118,7 @@
 #include <stdint.h>
 #include <sys/uio.h>
 
+#include "hist.h"
 #include "loop.h"
 
 #define SPOOL_ID_MAX 40
@@ -144,6 +145,7 @@ struct spool_msg {
     uint64_t seg_seq;
     /* spool private */
     struct spool_msg *next;
+    uint64_t queued_us;          /* spool_commit() time: '.'-to-250 latency */
 };
 
 struct spool_mark;
@@ -239,6 +241,8 @@ struct spool {
                                     fdatasyncs in the fallback */
     uint64_t bytes_written;      /* padding included */
     uint64_t segments_reclaimed; /* deleted once all their mail was done */
+    struct hist commit_hist;     /* batch submitted to durable */
+    struct hist dot_to_250_hist; /* spool_commit() to durable, per message */
     struct spool_scan_stats recovered;
 };
 
