@@ -150,6 +150,9 @@ daemon_scriptlet_stats(struct daemon_scriptlet_stats *out)
         out->callout_errors += ck_pr_load_64(&pe->stats.callout_errors);
         out->budget_exhausted += ck_pr_load_64(&pe->stats.budget_exhausted);
         out->yields += ck_pr_load_64(&pe->stats.yields);
+        out->states += ck_pr_load_64(&pe->stats.masters);
+        out->spare_threads += ck_pr_load_64(&pe->stats.spare_threads);
+        out->lua_bytes += ck_pr_load_64(&pe->stats.lua_bytes);
     }
     pthread_mutex_unlock(&daemon_lock);
     out->generation = policy_generation_id();

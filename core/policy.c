@@ -1036,6 +1036,15 @@ policy_engine_tick(struct policy_engine *pe, uint64_t now_ms)
         lua_gc(m->L, LUA_GCSETPAUSE, (int)policy_opts_live.gc_pause);
         lua_gc(m->L, LUA_GCSETSTEPMUL, (int)policy_opts_live.gc_stepmul);
     }
+    /* Gauges for the console and /metrics, read from another thread. */
+    {
+        struct policy_stats st;
+
+        policy_engine_stats(pe, &st);
+        ck_pr_store_64(&pe->stats.masters, st.masters);
+        ck_pr_store_64(&pe->stats.spare_threads, st.spare_threads);
+        ck_pr_store_64(&pe->stats.lua_bytes, st.lua_bytes);
+    }
 }
 
 
