@@ -1018,8 +1018,9 @@ policy_engine_tick(struct policy_engine *pe, uint64_t now_ms)
     }
 
     m = pe->current;
-    if (m != NULL && (m->oom || now_ms - m->created_ms >=
-                                    policy_opts_live.script_ttl_ms))
+    /* now_ms was read before a rebuild above: created_ms may be later. */
+    if (m != NULL && (m->oom || m->created_ms +
+                                    policy_opts_live.script_ttl_ms <= now_ms))
         engine_rebuild(pe, m->gen);
 
     if (now_ms - pe->last_reap_ms >= policy_opts_live.reap_interval_ms) {

@@ -192,6 +192,7 @@ struct policy_sess {
     int hdrs_parsed;
     int hdrs_dirty;
     uint64_t hdr_bytes;          /* of the original header block */
+    int hdr_blank;               /* it ends with the blank line */
     char *new_sender;
     char **new_rcpts;
     unsigned new_rcpt_count;

@@ -155,6 +155,7 @@ policy_msg_reset(struct policy_sess *ps)
     ps->hdrs_parsed = 0;
     ps->hdrs_dirty = 0;
     ps->hdr_bytes = 0;
+    ps->hdr_blank = 0;
     ps->new_sender = NULL;
     ps->new_rcpts = NULL;
     ps->new_rcpt_count = 0;
@@ -228,7 +229,12 @@ headers_parse(struct policy_sess *ps, const struct policy_txn *t)
                 char *nb;
 
                 if (cap >= POLICY_HDR_BLOCK_MAX) {
-                    found = 1;
+                    /* Too big: stop at the last whole line. The rest of
+                     * the header block stays as it was (policy_msg_out
+                     * adds no blank line then). */
+                    while (len > 0 && blk[len - 1] != '\n')
+                        len--;
+                    found = 2;
                     break;
                 }
                 nb = arena_alloc(a, cap * 2);
@@ -246,6 +252,7 @@ headers_parse(struct policy_sess *ps, const struct policy_txn *t)
         }
     }
     ps->hdr_bytes = len;
+    ps->hdr_blank = found == 1;
     p = blk;
     end = blk + len;
     while (p < end) {
@@ -267,10 +274,11 @@ headers_parse(struct policy_sess *ps, const struct policy_txn *t)
                 break;
         }
         colon = memchr(start, ':', (size_t)(p - start));
-        if (colon == NULL)
-            continue;            /* not a header: kept out of the list */
         h = arena_zalloc(a, sizeof *h);
-        h->name = arena_strndup(a, start, (size_t)(colon - start));
+        /* A line that is not a header keeps its place, under no name. */
+        h->name = colon != NULL ? arena_strndup(a, start,
+                                                (size_t)(colon - start))
+                                : "";
         h->line = start;
         h->len = (size_t)(p - start);
         *ps->hdr_tail = h;
@@ -956,7 +964,8 @@ policy_msg_out(struct policy_sess *ps, struct policy_msg_out *out)
             if (!h->deleted)
                 total += h->len;
         }
-        total += 2;
+        if (ps->hdr_blank)
+            total += 2;
         blk = arena_alloc(a, total);
         for (h = ps->hdrs; h != NULL; h = h->next) {
             if (!h->deleted) {
@@ -964,7 +973,8 @@ policy_msg_out(struct policy_sess *ps, struct policy_msg_out *out)
                 off += h->len;
             }
         }
-        memcpy(blk + off, "\r\n", 2);
+        if (ps->hdr_blank)
+            memcpy(blk + off, "\r\n", 2);
         ps->out_body = arena_alloc(a, (t->body_count + 1) *
                                           sizeof *ps->out_body);
         ps->out_body[0].iov_base = blk;

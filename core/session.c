@@ -473,6 +473,25 @@ policy_txn_fill(struct session *s)
 }
 
 
+/*
+ * session_policy_keys - the core-set context keys, whatever callouts the
+ * modules have: ehlo_string and ehlo_domain (VCTX_CONN), mailfrom_string
+ * (VCTX_MESS). The command being judged sets its own (pend_arg).
+ */
+static void
+session_policy_keys(struct session *s)
+{
+    const struct smtp_server *m = &s->smtp;
+
+    if (m->helo != NULL) {
+        policy_ctx_conn_set(s->ps, "ehlo_string", m->helo);
+        policy_ctx_conn_set(s->ps, "ehlo_domain", m->helo);
+    }
+    if (m->sender != NULL)
+        policy_ctx_mess_set(s->ps, "mailfrom_string", m->sender);
+}
+
+
 static void
 policy_phase_add(struct session *s, enum policy_phase ph)
 {
@@ -593,6 +612,7 @@ session_policy_command(struct session *s)
     policy_txn_fill(s);
     s->ptxn.str = m->pend_arg;
     s->pol_count = 0;
+    session_policy_keys(s);
     switch (m->pend_cmd) {
     case SMTP_POLICY_EHLO:
         policy_ctx_conn_set(ps, "ehlo_string", m->pend_arg);
@@ -646,6 +666,7 @@ session_message(struct session *s)
         session_commit(s);
         return;
     }
+    session_policy_keys(s);
     policy_start(s, 0);
 }
 
