@@ -311,6 +311,195 @@ end''')})
         self.wait_printed(d, r"^ehlo string is: greeter\.test$")
 
 
+    def test_helo_runs_validate_ehlo_too(self):
+        d = self.policy_daemon({"h": module("h", r"""
+function mod:validate_ehlo(str, accept, vctx)
+  print("HELO-ARG", str)
+  return msys.core.VALIDATE_CONT
+end""")})
+        c = self.session(d, ehlo=False)
+        self.assertReply(c.cmd("HELO old.client.test"), 250)
+        self.wait_printed(d, r"^HELO-ARG old\.client\.test$")
+
+    def test_expand_macro_and_context_limits(self):
+        # validate_ehlo and validate_mailfrom are there so that the core
+        # sets ehlo_string and mailfrom_string (see
+        # test_core_keys_set_without_callouts_of_their_phase).
+        d = self.policy_daemon({"mac": module("mac", r"""
+local C, M = msys.core.VCTX_CONN, msys.core.VCTX_MESS
+function mod:validate_ehlo(str, accept, vctx)
+  return msys.core.VALIDATE_CONT
+end
+function mod:validate_mailfrom(str, accept, vctx)
+  return msys.core.VALIDATE_CONT
+end
+function mod:validate_rcptto(msg, str, accept, vctx)
+  vctx:set(M, "n", 7)
+  print("MACRO", msys.expandMacro(
+    "from=%{vctx_mess:mailfrom_string} rcpt=%{vctx_mess:rcptto_string} " ..
+    "helo=%{vctx_conn:ehlo_string} n=%{vctx_mess:n} " ..
+    "unset=[%{vctx_conn:nope}] other=%{foo:bar} %{unclosed"))
+  print("TYPE", type(vctx:get(M, "n")), tostring(vctx:get(C, "nope")))
+  local big = string.rep("x", 70 * 1024)
+  print("CONNFULL", pcall(vctx.set, vctx, C, "big", big))
+  print("MESSOK", pcall(vctx.set, vctx, M, "big", big))
+  print("MESSFULL", pcall(vctx.set, vctx, M, "big2",
+                          string.rep("y", 200 * 1024)))
+  print("BADTYPE", pcall(vctx.get, vctx, 3, "k"))
+  print("CODE", pcall(vctx.set_code, vctx, 700, "x"))
+  return msys.core.VALIDATE_CONT
+end""")})
+        c = self.session(d, ehlo=False)
+        self.assertReply(c.cmd("EHLO mac.test"), 250)
+        self.assertReply(c.cmd("MAIL FROM:<s@client.test>"), 250)
+        self.assertReply(c.cmd("RCPT TO:<r@dest.test>"), 250)
+        self.assertEqual(self.wait_printed(d, r"^MACRO")[0],
+                         "MACRO from=s@client.test rcpt=r@dest.test "
+                         "helo=mac.test n=7 unset=[] other=%{foo:bar} "
+                         "%{unclosed")
+        self.assertEqual(self.wait_printed(d, r"^TYPE")[0],
+                         "TYPE string nil")
+        self.assertRegex(self.wait_printed(d, r"^CONNFULL")[0],
+                         r"^CONNFULL false .*VCTX_CONN context is full")
+        self.assertEqual(self.wait_printed(d, r"^MESSOK")[0], "MESSOK true")
+        self.assertRegex(self.wait_printed(d, r"^MESSFULL")[0],
+                         r"^MESSFULL false .*VCTX_MESS context is full")
+        self.assertRegex(self.wait_printed(d, r"^BADTYPE")[0],
+                         r"^BADTYPE false .*VCTX_MESS or VCTX_CONN")
+        self.assertRegex(self.wait_printed(d, r"^CODE")[0],
+                         r"^CODE false .*out of range")
+
+    @unittest.expectedFailure
+    def test_core_keys_set_without_callouts_of_their_phase(self):
+        # BUG: core/session.c session_policy_command() sets ehlo_string,
+        # ehlo_domain, mailfrom_string and rcptto_string only when the
+        # command stops for policy, i.e. when some module has a callout
+        # of that phase: a module with only validate_data sees nil for
+        # all of them (and %{vctx_conn:ehlo_string} expands to "").
+        d = self.policy_daemon({"late": module("late", r"""
+local C, M = msys.core.VCTX_CONN, msys.core.VCTX_MESS
+function mod:validate_data(msg, accept, vctx)
+  print("KEYS", tostring(vctx:get(C, "ehlo_string")),
+        tostring(vctx:get(C, "ehlo_domain")),
+        tostring(vctx:get(M, "mailfrom_string")),
+        msys.expandMacro("[%{vctx_conn:ehlo_string}]"))
+  return msys.core.VALIDATE_CONT
+end""")})
+        c = self.session(d, ehlo=False)
+        self.assertReply(c.cmd("EHLO keys.test"), 250)
+        tok, msg = h.make_message()
+        self.assertReply(h.send_raw_message(c, msg, sender="s@client.test"),
+                         250)
+        self.assertEqual(self.wait_printed(d, r"^KEYS")[0],
+                         "KEYS keys.test keys.test s@client.test "
+                         "[keys.test]")
+
+    def test_vctx_and_msg_kept_past_their_callout_are_refused(self):
+        d = self.policy_daemon({"keep": module("keep", r"""
+local saved_vctx, saved_msg
+function mod:validate_rcptto(msg, str, accept, vctx)
+  if saved_vctx == nil then
+    saved_vctx, saved_msg = vctx, msg
+    return msys.core.VALIDATE_CONT
+  end
+  print("OLDVCTX", pcall(saved_vctx.get, saved_vctx,
+                         msys.core.VCTX_CONN, "ehlo_string"))
+  print("OLDMSG", pcall(function() return saved_msg:mailfrom() end))
+  return saved_vctx:get(msys.core.VCTX_CONN, "ehlo_string")
+end""")})
+        c = self.session(d)
+        self.assertReply(c.cmd("MAIL FROM:<s@client.test>"), 250)
+        self.assertReply(c.cmd("RCPT TO:<a@dest.test>"), 250)
+        self.assertFailClosed(c.cmd("RCPT TO:<b@dest.test>"))
+        self.assertRegex(self.wait_printed(d, r"^OLDVCTX")[0],
+                         r"^OLDVCTX false .*vctx used outside the callout")
+        self.assertRegex(self.wait_printed(d, r"^OLDMSG")[0],
+                         r"^OLDMSG false .*msg used outside the callout")
+        self.wait_printed(d, r"^keep: validate_rcptto error: .*vctx used "
+                          r"outside")
+
+    def test_init_and_deinit_per_state(self):
+        d = self.policy_daemon({"life": module("life", r"""
+function mod:init()
+  print("INIT", msys.asyncOk(), msys.dnsLookup("localhost"))
+  msys.sleep(5)      -- returns at once outside a callout
+  return true
+end
+function mod:deinit()
+  print("DEINIT")
+  return true
+end
+function mod:validate_connect(accept, vctx)
+  return msys.core.VALIDATE_CONT
+end""")}, shards=2)
+
+        def count(what):
+            return len([l for l in self.printed(d) if l.startswith(what)])
+        # The check state (init, deinit), then one state per shard.
+        wait_until(lambda: count("DEINIT") >= 1 and count("INIT") >= 3,
+                   h.t(10), "init in the check state and in each shard")
+        self.assertIn("INIT false nil dnsLookup: cannot suspend here",
+                      self.printed(d))
+        inits, deinits = count("INIT"), count("DEINIT")
+        d.send_signal(signal.SIGHUP)
+        # A reload: the check state again, and each shard replaces its own.
+        wait_until(lambda: count("DEINIT") >= deinits + 3 and
+                   count("INIT") >= inits + 3, h.t(10),
+                   "init and deinit again after the reload")
+        d.stop_clean()
+        # Every state that ran init() ran deinit() when it closed.
+        self.assertEqual(count("DEINIT"), count("INIT"))
+
+    def test_globals_are_per_shard_and_states_age_out(self):
+        # One shard: a global survives from session to session (it is the
+        # shard's state) until script_ttl replaces the state.
+        d = self.policy_daemon({"glob": module("glob", r"""
+COUNT = 0
+function mod:validate_connect(accept, vctx)
+  COUNT = COUNT + 1
+  print("COUNT", COUNT)
+  return msys.core.VALIDATE_CONT
+end""")}, shards=1, options="  script_ttl = 1s")
+        for _ in range(3):
+            c = self.session(d, ehlo=False)
+            self.assertReply(c.cmd("QUIT"), 221)
+            c.close()
+        self.assertEqual([l for l in self.printed(d)
+                          if l.startswith("COUNT")][:3],
+                         ["COUNT 1", "COUNT 2", "COUNT 3"])
+        time.sleep(1.6)
+        c = self.session(d, ehlo=False)
+        self.assertEqual([l for l in self.printed(d)
+                          if l.startswith("COUNT")][-1], "COUNT 1")
+
+    def test_jit_option_runs_scripts(self):
+        d = self.policy_daemon({"j": module("j", r"""
+function mod:validate_mailfrom(str, accept, vctx)
+  local x = 0
+  for i = 1, 1000 do x = x + i end
+  print("JIT", x)
+  return msys.core.VALIDATE_CONT
+end""")}, options="  jit = true")
+        c = self.session(d)
+        self.assertReply(c.cmd("MAIL FROM:<s@client.test>"), 250)
+        self.wait_printed(d, r"^JIT 500500$")
+
+    def test_error_in_validate_dealloc_is_logged(self):
+        d = self.policy_daemon({"da": module("da", r"""
+function mod:validate_ehlo(str, accept, vctx)
+  return msys.core.VALIDATE_CONT
+end
+function mod:validate_dealloc()
+  error("dealloc broke")
+end""")})
+        c = self.session(d)
+        self.assertReply(c.cmd("QUIT"), 221)
+        self.wait_printed(d, r"^da: validate_dealloc error: .*dealloc "
+                          r"broke$")
+        c2 = self.session(d)
+        self.assertReply(c2.cmd("MAIL FROM:<s@client.test>"), 250)
+
+
 # --- return codes ----------------------------------------------------------
 
 class ReturnCodeTest(PolicyTest):
@@ -349,6 +538,68 @@ end''')})
         self.assertReply(c.cmd("RCPT TO:<r@dest.test>"), 250)
         self.wait_printed(d, "LATE rcptto")
         self.assertNotIn("LATE mailfrom", self.printed(d))
+
+    def test_done_in_the_data_phases(self):
+        d = self.policy_daemon({
+            "a": module("a", r"""
+function mod:validate_data(msg, accept, vctx)
+  msg:header("X-A", "data")
+  return msys.core.VALIDATE_DONE
+end
+function mod:validate_set_binding(msg)
+  msg:header("X-A-Binding", "yes")
+  return msys.core.VALIDATE_DONE
+end"""),
+            "b": module("b", r"""
+function mod:validate_data(msg, accept, vctx)
+  msg:header("X-B", "data")
+  return msys.core.VALIDATE_CONT
+end
+function mod:validate_data_spool(msg, accept, vctx)
+  msg:header("X-B-Spool", "yes")
+  return msys.core.VALIDATE_CONT
+end
+function mod:validate_set_binding(msg)
+  msg:header("X-B-Binding", "yes")
+  return msys.core.VALIDATE_CONT
+end""")})
+        tok, msg = h.make_message()
+        self.assertReply(h.send_raw_message(self.session(d), msg), 250)
+        [m] = d.spool().by_token(tok)
+        hdrs = header_block(m["body"])
+        self.assertIn(b"X-A: data", hdrs)
+        self.assertNotIn(b"X-B: data", hdrs)
+        self.assertIn(b"X-B-Spool: yes", hdrs)
+        self.assertIn(b"X-A-Binding: yes", hdrs)
+        self.assertNotIn(b"X-B-Binding", hdrs)
+
+    def test_reply_text_forms(self):
+        d = self.policy_daemon({"txt": module("txt", r"""
+function mod:validate_rcptto(msg, str, accept, vctx)
+  if str == "whole@dest.test" then
+    vctx:set_code(550, "550 5.1.1 whole line given")
+  elseif str == "bare@dest.test" then
+    vctx:set_code(550)
+  elseif str == "temp@dest.test" then
+    vctx:set_code(450)
+  elseif str == "crlf@dest.test" then
+    vctx:set_code(550, "5.7.1 one\r\n250 two")
+  elseif str == "bye@dest.test" then
+    vctx:set_code(421, "4.7.0 closing now")
+  end
+  return msys.core.VALIDATE_CONT
+end""")})
+        c = self.session(d)
+        self.assertReply(c.cmd("MAIL FROM:<s@client.test>"), 250)
+        r = c.cmd("RCPT TO:<whole@dest.test>")
+        self.assertEqual((r.code, r.text), (550, "5.1.1 whole line given"))
+        self.assertReply(c.cmd("RCPT TO:<bare@dest.test>"), 550, "5.7.1")
+        self.assertReply(c.cmd("RCPT TO:<temp@dest.test>"), 450, "4.7.1")
+        r = c.cmd("RCPT TO:<crlf@dest.test>")
+        self.assertEqual((r.code, r.text), (550, "5.7.1 one  250 two"))
+        self.assertReply(c.cmd("RCPT TO:<ok@dest.test>"), 250)
+        self.assertReply(c.cmd("RCPT TO:<bye@dest.test>"), 421, "4.7.0")
+        self.assertTrue(c.wait_closed(h.t(5)))
 
     def test_again_runs_the_callout_again(self):
         d = self.policy_daemon({"again": module("again", r'''
@@ -678,6 +929,35 @@ end''' % body)}, **opts)
     while true do end
   end))''')
         self.assertNotIn("SORT true", "\n".join(self.printed(d)))
+
+    def test_runaway_loop_in_a_script_coroutine_is_stopped(self):
+        d, _ = self.runaway(r"""
+  local co = coroutine.wrap(function() while true do end end)
+  print("CO", pcall(co))""")
+        self.assertNotIn("CO true", "\n".join(self.printed(d)))
+
+    def test_runaway_loop_in_a_gsub_callback_is_stopped(self):
+        d, _ = self.runaway(r"""
+  print("GSUB", pcall(string.gsub, "abc", "%w", function(c)
+    while true do end
+  end))""")
+        self.assertNotIn("GSUB true", "\n".join(self.printed(d)))
+
+    def test_runaway_loop_at_load_time_is_reported(self):
+        tmp = tempfile.mkdtemp(prefix="ringmail-policy-")
+        self.addCleanup(lambda: subprocess.run(["rm", "-rf", tmp]))
+        with open(os.path.join(tmp, "spin.lua"), "w") as f:
+            f.write(module("spin", r"""
+function mod:init()
+  while true do end
+end"""))
+        p = os.path.join(tmp, "ringmail.conf")
+        with open(p, "w") as f:
+            f.write(h.conf(extra=scriptlet_scope(["spin"])))
+        r = check(p)
+        self.assertEqual(r.returncode, 1, r)
+        self.assertIn("spin: init error: instruction budget exhausted",
+                      r.stderr)
 
     def test_small_instruction_budget(self):
         # 200,000 instructions per callout: a loop of a million fails, one
@@ -1093,6 +1373,63 @@ end''')}, shards=1)
         printed = self.printed(d)
         self.assertLess(printed.index("WOKE quick@client.test"),
                         printed.index("WOKE sleepy@client.test"))
+
+    def test_many_sleeping_sessions_at_once(self):
+        d = self.policy_daemon({"zz": module("zz", r"""
+function mod:validate_connect(accept, vctx)
+  msys.sleep(0.5)
+  return msys.core.VALIDATE_CONT
+end
+function mod:validate_mailfrom(str, accept, vctx)
+  local ok = pcall(msys.sleep, 0.5)     -- a yield across pcall
+  if not ok then error("sleep in pcall failed") end
+  return msys.core.VALIDATE_CONT
+end""")}, shards=1)
+        start = time.monotonic()
+        conns = [d.connect() for _ in range(40)]
+        for c in conns:
+            self.addCleanup(c.close)
+        for c in conns:
+            self.assertReply(c.greeting(h.t(10)), 220)
+        for c in conns:
+            c.send("EHLO client.test\r\nMAIL FROM:<s@client.test>\r\n")
+        for c in conns:
+            self.assertReply(c.read_reply(h.t(10)), 250)
+            self.assertReply(c.read_reply(h.t(10)), 250)
+        took = time.monotonic() - start
+        # 80 sleeps of 0.5 s, one after the other, would take 40 s.
+        self.assertLess(took, h.t(5))
+        self.assertGreaterEqual(took, 0.95)
+
+    def test_closing_and_stopping_during_a_dns_lookup(self):
+        # A name server that never answers: the lookup waits for the
+        # resolver's timeout while the client goes and the daemon stops.
+        hole = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        hole.bind(("127.0.0.1", 0))
+        self.addCleanup(hole.close)
+        d = self.policy_daemon({"slow": module("slow", r"""
+function mod:validate_mailfrom(str, accept, vctx)
+  print("LOOKUP", str)
+  local r, err = msys.dnsLookup("never.answered.test")
+  print("ANSWER", tostring(r), err)
+  return msys.core.VALIDATE_CONT
+end""")}, shards=1, Nameservers='( "127.0.0.1:%d" )'
+            % hole.getsockname()[1])
+        a = self.session(d)
+        a.send("MAIL FROM:<gone@client.test>\r\n")
+        self.wait_printed(d, r"^LOOKUP gone@")
+        a.close()
+        b = self.session(d)
+        b.send("MAIL FROM:<waiting@client.test>\r\n")
+        self.wait_printed(d, r"^LOOKUP waiting@")
+        time.sleep(0.3)
+        # Another session is served meanwhile.
+        c = self.session(d)
+        self.assertReply(c.cmd("NOOP"), 250)
+        c.close()
+        start = time.monotonic()
+        d.stop_clean(timeout=h.t(60))
+        self.assertLess(time.monotonic() - start, h.t(40))
 
     def test_closing_a_session_while_it_sleeps(self):
         d = self.policy_daemon({"zz": module("zz", r'''
