@@ -959,6 +959,36 @@ end"""))
         self.assertIn("spin: init error: instruction budget exhausted",
                       r.stderr)
 
+    def test_runaway_loop_at_ehlo_closes_with_421(self):
+        d = self.policy_daemon({"spin": module("spin", r"""
+function mod:validate_ehlo(str, accept, vctx)
+  while true do end
+end""")})
+        c = self.session(d, ehlo=False)
+        self.assertFailClosed(c.cmd("EHLO client.test", timeout=h.t(20)),
+                              early=True)
+        self.assertTrue(c.wait_closed(h.t(5)))
+        self.wait_printed(d, r"^spin: validate_ehlo error: instruction "
+                          r"budget exhausted$")
+
+    def test_again_forever_and_the_client_leaves(self):
+        d = self.policy_daemon({"ag": module("ag", r"""
+function mod:validate_mailfrom(str, accept, vctx)
+  if str == "forever@client.test" then
+    return msys.core.VALIDATE_AGAIN
+  end
+  return msys.core.VALIDATE_CONT
+end""")}, shards=1, options="  again_delay = 50ms")
+        a = self.session(d)
+        a.send("MAIL FROM:<forever@client.test>\r\n")
+        time.sleep(0.5)
+        a.close()
+        time.sleep(0.3)
+        c = self.session(d)
+        self.assertReply(c.cmd("MAIL FROM:<s@client.test>"), 250)
+        c.close()
+        d.stop_clean()
+
     def test_small_instruction_budget(self):
         # 200,000 instructions per callout: a loop of a million fails, one
         # of a thousand does not.
