@@ -21,8 +21,9 @@
 -- default 50) without starving the low ones.
 --
 -- This one is VPOP3's documented example, with a reason: messages over
--- 10,000,000 bytes wait for the evening (they are not sent between 07:00
--- and 19:00), and messages over 5,000,000 bytes go last.
+-- 10,000,000 bytes wait for the evening (they are not sent from 08:00 to
+-- 18:59, VPOP3's `hour > 7 and hour < 19`, local time), and messages over
+-- 5,000,000 bytes go last.
 --
 -- Like any policy script it runs in the sandbox: os.date and os.time are
 -- there, io and os.execute are not. CheckFile is a global, as in VPOP3;
