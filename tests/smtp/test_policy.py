@@ -1325,7 +1325,9 @@ end''')})
         # but core/spool.c never records them and core/delivery.c never
         # reads them: the message leaves from the default binding.
         import test_delivery as td
-        sink = td.RingSink(tempfile.mkdtemp(prefix="ringmail-sink-"))
+        sinkdir = tempfile.mkdtemp(prefix="ringmail-sink-")
+        self.addCleanup(lambda: subprocess.run(["rm", "-rf", sinkdir]))
+        sink = td.RingSink(sinkdir)
         self.addCleanup(lambda: sink.proc.poll() is None and sink.stop())
         d = self.policy_daemon({"alt": module("alt", r'''
 function mod:validate_set_binding(msg)
