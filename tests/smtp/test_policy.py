@@ -871,6 +871,30 @@ class FailClosedTest(PolicyTest):
                 self.assertReply(c.cmd("QUIT"), 221)
                 self.assertNotSpooled(d, tok)
 
+    def test_odd_exits_fail_closed(self):
+        d = self.policy_daemon({"odd": module("odd", r"""
+function mod:validate_mailfrom(str, accept, vctx)
+  if str == "yield@client.test" then coroutine.yield(1) end
+  if str == "table@client.test" then error({code = 1}) end
+  if str == "nested@client.test" then
+    -- msys.sleep in a script's own coroutine does not suspend the callout
+    local co = coroutine.wrap(function() msys.sleep(5); return "back" end)
+    print("NESTED", co(), msys.asyncOk())
+  end
+  return msys.core.VALIDATE_CONT
+end""")})
+        c = self.session(d)
+        self.assertFailClosed(c.cmd("MAIL FROM:<yield@client.test>"))
+        self.wait_printed(d, r"^odd: validate_mailfrom error: the callout "
+                          r"yielded outside an msys call$")
+        self.assertFailClosed(c.cmd("MAIL FROM:<table@client.test>"))
+        self.wait_printed(d, r"^odd: validate_mailfrom error: \(null\)$")
+        start = time.monotonic()
+        self.assertReply(c.cmd("MAIL FROM:<nested@client.test>"), 250)
+        self.assertLess(time.monotonic() - start, h.t(2))
+        self.assertEqual(self.wait_printed(d, r"^NESTED")[0],
+                         "NESTED back true")
+
     def test_error_at_connect_closes_with_421(self):
         d = self.policy_daemon({"c": module("c", r'''
 function mod:validate_connect(accept, vctx)
