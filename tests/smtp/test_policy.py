@@ -1852,6 +1852,32 @@ end''')}, start=False)
             return r.code == 250
         wait_until(policy_off, h.t(10), "new sessions without policy")
 
+    def test_reload_while_a_callout_sleeps(self):
+        v1 = module("gen", r"""
+function mod:validate_mailfrom(str, accept, vctx)
+  msys.sleep(1)
+  vctx:set_code(550, "5.7.1 generation one")
+  return msys.core.VALIDATE_CONT
+end""")
+        d = self.policy_daemon({"gen": v1}, shards=1)
+        old = self.session(d)
+        old.send("MAIL FROM:<s@client.test>\r\n")
+        time.sleep(0.2)
+        self.write_script(d, "gen", GOOD_V2)
+        d.send_signal(signal.SIGHUP)
+        wait_until(lambda: "generation applied" in d.paniclog(), h.t(10),
+                   "the reload")
+        # The sleeping callout wakes in its own (retired) state.
+        self.assertIn("generation one", old.read_reply(h.t(10)).text)
+        new = self.session(d)
+        self.assertIn("generation two",
+                      new.cmd("MAIL FROM:<s@client.test>").text)
+        self.assertIn("generation one",
+                      old.cmd("MAIL FROM:<s@client.test>",
+                              timeout=h.t(10)).text)
+        old.close()
+        new.close()
+
     def test_reload_under_load_loses_nothing(self):
         # validate_mailfrom is there so that each MAIL starts a new
         # policy transaction (see test_second_message_keeps_its_headers).
