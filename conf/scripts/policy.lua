@@ -7,40 +7,38 @@
 --               routing domain (the domain whose MX and Domain options
 --               the delivery uses)
 --
--- The lists below are the whole configuration. Patterns are Lua patterns
--- (string.find), matched against the lower-cased address or header value:
--- `%.` is a literal dot, `-` is a lazy repetition, so write `%-` for a
--- hyphen. They are written for string.find because this ringmail has no
--- msys.pcre yet; with msys.pcre, msys.pcre.match(subject, pattern) takes
--- PCRE patterns instead.
+-- The lists below are the whole configuration. Patterns are PCRE
+-- (msys.pcre.match, case-insensitive through (?i)), matched against the
+-- address or header value. Compiled patterns are cached per state.
 --
 -- Tables built here are per shard and read-only once loaded: every shard
 -- loads this file into its own Lua state.
 
 require("msys.core");
+require("msys.pcre");
 
 local mod = {};
 
 -- Senders refused at MAIL FROM.
 local reject_senders = {
-  "^spam[%w._%-]*@",            -- spam@..., spammer@..., spam.list@...
-  "@[%w.%-]*%.invalid$",        -- any domain under .invalid
-  "^bounce%-storm@",
+  [[(?i)^spam[\w.-]*@]],         -- spam@..., spammer@..., spam.list@...
+  [[(?i)@[\w.-]*\.invalid$]],    -- any domain under .invalid
+  [[(?i)^bounce-storm@]],
 };
 
 -- Recipients refused at RCPT TO.
 local reject_recipients = {
-  "^noreply@",
-  "^do%-not%-reply@",
-  "@blackhole%.example$",
+  [[(?i)^noreply@]],
+  [[(?i)^do-not-reply@]],
+  [[(?i)@blackhole\.example$]],
 };
 
 -- Tags: a header whose value matches gets its tag in X-Policy-Tag.
 local tags = {
-  { header = "Precedence", pattern = "^bulk$",     tag = "bulk" },
-  { header = "Precedence", pattern = "^list$",     tag = "list" },
-  { header = "Subject",    pattern = "newsletter", tag = "newsletter" },
-  { header = "List-Id",    pattern = ".",          tag = "list" },
+  { header = "Precedence", pattern = [[(?i)^bulk$]],      tag = "bulk" },
+  { header = "Precedence", pattern = [[(?i)^list$]],      tag = "list" },
+  { header = "Subject",    pattern = [[(?i)newsletter]],  tag = "newsletter" },
+  { header = "List-Id",    pattern = [[.]],               tag = "list" },
 };
 
 -- Routes by recipient domain: a binding (it must be declared in the
@@ -53,9 +51,9 @@ local routes = {
 
 
 local function first_match(subject, patterns)
-  subject = string.lower(subject or "");
+  subject = subject or "";
   for _, p in ipairs(patterns) do
-    if string.find(subject, p) then
+    if msys.pcre.match(subject, p) then
       return p;
     end
   end
@@ -93,8 +91,7 @@ function mod:validate_data(msg, accept, vctx)
 
   for _, rule in ipairs(tags) do
     for _, value in ipairs(msg:header(rule.header)) do
-      if not seen[rule.tag] and
-         string.find(string.lower(value), rule.pattern) then
+      if not seen[rule.tag] and msys.pcre.match(value, rule.pattern) then
         seen[rule.tag] = true;
         found[#found + 1] = rule.tag;
       end

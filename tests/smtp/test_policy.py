@@ -1385,6 +1385,64 @@ end''')}, extra='Binding "alt" {\n  Bind_Address = "127.0.0.2"\n}\n',
             peers = [l.split()[1] for l in f if tok in l]
         self.assertTrue(peers and peers[0].startswith("127.0.0.2:"), peers)
 
+    def test_relay_control_holds_and_orders_deliveries(self):
+        # VPOP3 relay control run by the core before each delivery: a
+        # global CheckFile holds the "hold" message (logged with its
+        # Reason, retried at its next retry time and held again) and gives
+        # the "urgent" one Priority 100, which is sent before the backlog
+        # of Priority 1 messages queued ahead of it on one connection.
+        import test_delivery as td
+        sinkdir = tempfile.mkdtemp(prefix="ringmail-sink-")
+        self.addCleanup(lambda: subprocess.run(["rm", "-rf", sinkdir]))
+        sink = td.RingSink(sinkdir, args=("--latency", "150"))
+        self.addCleanup(lambda: sink.proc.poll() is None and sink.stop())
+        d = self.policy_daemon({"relayout": r'''
+function CheckFile(filename, actions, size, createtime, mailfrom,
+                   recipients, headerdata, headerlines)
+  print("CHECKFILE", filename, headerdata["Subject"], #recipients,
+        #headerlines > 0, createtime:match("^%d+$") ~= nil)
+  if headerdata["Subject"] == "hold" then
+    actions["SkipSend"] = 1
+    actions["Reason"] = "held by the test"
+  elseif headerdata["Subject"] == "urgent" then
+    actions["Priority"] = 100
+  else
+    actions["Priority"] = 1
+  end
+  return actions
+end
+'''}, Gateway='"127.0.0.1:%d"' % sink.port, Retry_Interval="1s",
+            Max_Outbound_Connections="1")
+        c = self.session(d)
+        held, m = h.make_message(subject="hold")
+        self.assertReply(h.send_raw_message(c, m), 250)
+        slow = []
+        for i in range(8):
+            tok, m = h.make_message(subject="bulk %d" % i)
+            self.assertReply(h.send_raw_message(c, m), 250)
+            slow.append(tok)
+        urgent, m = h.make_message(subject="urgent")
+        self.assertReply(h.send_raw_message(c, m), 250)
+        wait_until(lambda: all(t in sink.tokens() for t in slow + [urgent]),
+                   h.t(30), "every message but the held one")
+        # held at acceptance, then again at its retry time
+        self.assertRegex(d.paniclog(), r"relay control: \S+ held for \d+ s: "
+                                       r"held by the test")
+        wait_until(lambda: len(re.findall(r"held by the test",
+                                          d.paniclog())) >= 2,
+                   h.t(20), "the hold at the retry time")
+        self.assertNotIn(held, sink.tokens())
+        lines = self.wait_printed(d, r"^CHECKFILE \S+ urgent ")
+        self.assertTrue(lines[0].endswith("1 true true"), lines)
+        d.stop_clean()
+        sink.stop()
+        with open(sink.rec) as f:
+            order = [l.split(" ", 1)[0].strip("<>").split("@", 1)[0]
+                     for l in f]
+        # One connection, 150 ms per message: the urgent message, accepted
+        # last, overtakes most of the bulk backlog.
+        self.assertLess(order.index(urgent), 4, order)
+
     def test_routing_domain_hook_point_is_called(self):
         # Regression test (was a bug): core/policy_api.c accepts the hook point
         # core_config_get_message_routing_domain(scope, msg, buff) as a
