@@ -70,7 +70,9 @@ class RelayRingmaild(lib.Ringmaild):
 class RingSink:
     """bench/ringsink on a kernel-picked port; counts by SIGUSR1."""
 
-    ACC_RE = re.compile(r"accepted (\d+)")
+    # "messages N: accepted N": not the later "rcpts accepted N", which counts
+    # a message before its data is in.
+    ACC_RE = re.compile(r"messages \d+: accepted (\d+)")
     DUP_RE = re.compile(r"tokens unique (\d+) duplicate (\d+) untokened (\d+)")
 
     def __init__(self, run_dir):
