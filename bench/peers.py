@@ -49,6 +49,7 @@ def markdown(args, machine, data, cmdline, path, shards, prov_warning, tab):
             "(cpuacct cgroup). '.'→250 = ringload's latency from sending the final dot to reading its reply "
             "(the MTA's acceptance, not the delivery). Ceiling = ringload straight into ringsink. Ratios: of "
             "the medians, in parentheses the range of the per-round ratios." % args.messages,
+            "- Chart: [ringmaild vs Postfix vs the sink alone](results/peers.png) (`bench/plot`).",
             "- Raw runs: `bench/results/%s`" % os.path.basename(path), "", prov_warning, "", tab, ""]
 
 
