@@ -185,6 +185,14 @@ class Postfix:
         with open(os.path.join(self.conf_dir, "master.cf"), "w") as f:
             f.write(MASTER_CF.format(port=self.port))
         shutil.chown(self.data, "postfix", "postfix")
+        # The mail owner must be able to open the log: postsuper (run by
+        # `postfix start` and `postfix check` as the mail owner) logs there,
+        # and exits fatally if it cannot, e.g. when root's postfix-script
+        # created the file first.
+        with open(self.maillog, "a"):
+            pass
+        shutil.chown(self.maillog, "postfix", "postfix")
+        os.chmod(self.maillog, 0o644)
         self.log = []
 
     def _postfix(self, *args, timeout=60):
@@ -200,10 +208,8 @@ class Postfix:
 
     def start(self, timeout=30, check=True):
         # `postfix check` creates the queue directories with their owners
-        # (set-permissions would also work). A restart skips it: postsuper
-        # then warns about the temporary files a stopped cleanup left in
-        # incoming/ and, running as the mail owner, cannot write that warning
-        # to the root-owned maillog, which fails the check.
+        # (set-permissions would also work). A restart skips it, as an
+        # operator's `postfix start` would.
         if check:
             self._postfix("check")
         self.cgroup = CpuCgroup("ringbench-postfix-%d-%d" % (os.getpid(), self.port))
