@@ -633,12 +633,12 @@ def main(argv, mode=SCENARIO):
               "; Postfix %s" % data["postfix_version"] if pf else ""),
           "- Load: `ringload -s %d -m %d -M %d -r %d -l 1024 --tokens FILE --retries 400 --retry-delay 50`; gateway "
           "`ringsink --latency %d --record FILE --progress %d`; ringmaild Max_Outbound_Connections %d, "
-          "Shutdown_Timeout 30s; Postfix as in `peers` (relayhost = the sink, concurrency as shipped); a fresh "
-          "spool or queue and sink per run; rounds alternate ringmaild and Postfix. Lost = 250'd tokens (ringload "
+          "Shutdown_Timeout 30s;%s a fresh spool%s and sink per run. Lost = 250'd tokens (ringload "
           "--tokens) missing from the sink's record; duplicates = extra acceptances of a token at the sink. "
           "Figures: median (min–max)."
           % (args.sessions, args.messages, args.per_conn, args.rate, args.latency, SINK_PROGRESS_MS,
-             args.max_out),
+             args.max_out, " Postfix as in `peers` (relayhost = the sink, concurrency as shipped); rounds "
+             "alternate ringmaild and Postfix;" if pf else "", " or queue" if pf else ""),
           how,
           (RESTART_NOTES if mode == "restart" else CRASH_NOTES).rstrip("\n"),
           "- Chart: [throughput through a %s](results/%s-timeline.png) (`bench/plot`: 250s per second at ringload, "
