@@ -64,7 +64,7 @@ DLV_RE = re.compile(r"shard (\d+): delivery: (\d+) delivered, .*?(\d+) connectio
 PROGRESS_RE = re.compile(r"ringload: +[0-9.]+s sent (\d+) 2xx (\d+)")
 
 
-RESTART_NOTES = "- In flight: the sink answers the SIGUSR1 at its next loop turn, a fraction of a millisecond after the signal (recorded per run as in_flight_sample_delay_ms). The delivery-log count (deliveries ringmaild finished during its drain) is an upper estimate: lines are written at the next loop turn, so a delivery that finished just before the signal can be counted.\n- The duplicate-window gauge (per shard) goes well above a shard's outbound connections (16): done-marks share the spool's group commit, and a connection sends its next message without waiting for the previous one's mark, so a slow commit lets marks pile up (up to 102 on one shard in an earlier set of runs, `restart-20261123-89e71d0.2.json`, same binary; its build_up_to_date=false was only a pending meson regeneration). A graceful restart waits for them, so it does not matter here; it does for a crash.\n"
+RESTART_NOTES = "- In flight: the scenario signals the MTA as soon as it has read the sink's answer to SIGUSR1; the age of the sample at the signal is recorded per run (in_flight_sample_age_ms). The delivery-log count (deliveries ringmaild finished during its drain) is an upper estimate: lines are written at the next loop turn, so a delivery that finished just before the signal can be counted.\n- The duplicate-window gauge (per shard) goes well above a shard's outbound connections (16): done-marks share the spool's group commit, and a connection sends its next message without waiting for the previous one's mark, so a slow commit lets marks pile up (up to 102 on one shard in an earlier set of runs, `restart-20261123-89e71d0.2.json`, same binary; its build_up_to_date=false was only a pending meson regeneration). A graceful restart waits for them, so it does not matter here; it does for a crash.\n"
 CRASH_NOTES = '- Every crash run so far had exactly the number of outbound connections as duplicates (32: one delivery awaiting its delayed reply per connection, the done-marks having caught up). The bound by connections is not structural: the duplicate-window gauge reached 102 on one shard with 16 connections in a restart run (see the restart section), so a kill during a slow commit could give more duplicates than connections.\n'
 
 
@@ -376,22 +376,32 @@ def run_once(mode, run_dir, messages=20000, sessions=50, per_conn=100, latency_m
         _wait(lambda: ok_count() >= target_n, 300 * scale, "%d 250s before the %s" % (target_n, mode), load)
         rec["ok_at_signal_progress"] = ok_count()
 
-        # the restart: first ask the sink what is in flight (DATA to reply)
+        # the restart: first ask the sink what is in flight (DATA to reply),
+        # and wait for its answer: a sink starved of CPU (Postfix under load
+        # keeps both CPUs busy) can take tens of ms to answer, by when the
+        # MTA would already be stopping.
+        def usr1_lines():
+            return [x for x in sink_lines(sink_err) if x[0] == "SIGUSR1"]
+        n_usr1 = len(usr1_lines())
         sink.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + 5 * scale
+        while len(usr1_lines()) <= n_usr1:
+            if time.monotonic() > deadline:
+                raise RunError("ringsink did not answer SIGUSR1 within %.0f s" % (5 * scale))
+            time.sleep(0.001)
         t_sig = time.monotonic()
         mta.stop_signal(mode, rec, scale)
         t_exit = time.monotonic()
         rec["start2_s"] = round(mta.start(30 * scale), 3)
         t_ready = time.monotonic()
         rec["down_s"] = round(t_ready - t_sig, 3)
-        samples = [x for x in sink_lines(sink_err) if x[0] == "SIGUSR1"]
-        if samples:
-            rec["in_flight_at_signal"] = samples[0][3]
-            rec["in_flight_in_data"] = samples[0][4]
-            rec["in_flight_awaiting_reply"] = samples[0][5]
-            rec["in_flight_sample_delay_ms"] = round((samples[0][1] - t_sig) * 1000, 3)
-        rec["in_flight_method"] = ("ringsink's transactions between DATA and its reply, sampled by SIGUSR1 "
-                                   "just before the signal")
+        sample = usr1_lines()[n_usr1]
+        rec["in_flight_at_signal"] = sample[3]
+        rec["in_flight_in_data"] = sample[4]
+        rec["in_flight_awaiting_reply"] = sample[5]
+        rec["in_flight_sample_age_ms"] = round((t_sig - sample[1]) * 1000, 3)
+        rec["in_flight_method"] = ("ringsink's transactions between DATA and its reply, sampled by SIGUSR1; "
+                                   "the MTA is signalled as soon as the sample is read")
 
         # the rest of the load
         try:
@@ -610,7 +620,8 @@ def main(argv, mode=SCENARIO):
         how = ("- When ringload has %d%% of the messages 250'd: ringmaild gets SIGTERM, Postfix `postfix stop` "
                "(its private instance); wait until every process has exited; start again on the same spool or "
                "queue, config and port; ringload's sessions reconnect. Just before the signal the sink is asked "
-               "(SIGUSR1) how many transactions are between DATA and its reply: the deliveries in flight. "
+               "(SIGUSR1) how many transactions are between DATA and its reply: the deliveries in flight; the "
+               "signal follows as soon as its answer is read. "
                "ringmaild's drain starts no new delivery; the deliveries it finished during the drain are also "
                "counted from its delivery log. If the sink lacks 250'd tokens 30 s after the load, `postfix flush` "
                "(Postfix's deferred queue otherwise waits minimal_backoff_time, 300 s)." % (args.fraction * 100))
@@ -622,7 +633,7 @@ def main(argv, mode=SCENARIO):
                "x shards = %d. The duplicate-window maximum is from the **restarted** daemon's exit line after "
                "its final SIGTERM (the killed daemon writes none, and there is no metrics endpoint to sample yet). "
                "In flight at the kill: the sink's transactions between DATA and its reply, sampled (SIGUSR1) just "
-               "before the kill (Max_Outbound_Connections is a per-destination limit split over the shards: "
+               "before the kill, which follows as soon as the sample is read (Max_Outbound_Connections is a per-destination limit split over the shards: "
                "ceil(%d / shards) each)." % (args.fraction * 100, bound, args.max_out))
     md = [title, "",
           "- Command: `%s`" % cmdline,
