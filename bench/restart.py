@@ -633,8 +633,8 @@ def main(argv, mode=SCENARIO):
                "x shards = %d. The duplicate-window maximum is from the **restarted** daemon's exit line after "
                "its final SIGTERM (the killed daemon writes none, and there is no metrics endpoint to sample yet). "
                "In flight at the kill: the sink's transactions between DATA and its reply, sampled (SIGUSR1) just "
-               "before the kill, which follows as soon as the sample is read (Max_Outbound_Connections is a per-destination limit split over the shards: "
-               "ceil(%d / shards) each)." % (args.fraction * 100, bound, args.max_out))
+               "before the kill, which follows as soon as the sample is read (Max_Outbound_Connections is a "
+               "per-destination limit split over the shards: ceil(%d / shards) each)." % (args.fraction * 100, bound, args.max_out))
     md = [title, "",
           "- Command: `%s`" % cmdline,
           "- Commit: %s (date %s)" % (machine["commit"], machine["date"]),
