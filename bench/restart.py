@@ -495,7 +495,7 @@ def summarize(runs, targets=("ringmail",)):
 
 def table(mode, s, nruns, targets=("ringmail",)):
     f = lib.fmt_stat
-    sig = "SIGTERM" if mode == "restart" else "kill -9"
+    sig = "signal (SIGTERM; Postfix: `postfix stop`)" if mode == "restart" else "kill -9"
     rows = [("messages 250'd", "ok_250", "%.0f"), ("delivered (250'd tokens at the sink)", "delivered", "%.0f"),
             ("**lost**", "lost", "%.0f"), ("**duplicates** (sink accepted a token twice)", "duplicates", "%.0f"),
             ("in flight at the %s (sink: between DATA and its reply)" % sig, "in_flight_at_signal", "%.0f"),
