@@ -156,6 +156,8 @@ class CpuCgroup:
             try:
                 os.rmdir(self.path)
                 return
+            except FileNotFoundError:
+                return
             except OSError:
                 time.sleep(0.1)
 

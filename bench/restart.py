@@ -302,12 +302,15 @@ class PostfixTarget:
         return 0
 
     def kill(self):
-        if not self.pf.pids():
-            return
+        """Stop what is left of the instance after a failed run; the
+        cgroup goes too, even when no process is left in it."""
         try:
-            self.pf.stop(timeout=10)
+            if self.pf.pids():
+                self.pf.stop(timeout=10)
         except Exception:  # noqa: BLE001
             pass
+        if self.pf.cgroup:
+            self.pf.cgroup.remove()
 
     def stderr_tail(self):
         return self.pf.maillog_tail(2000)
