@@ -638,6 +638,10 @@ def main(argv, mode=SCENARIO):
                "In flight at the kill: the sink's transactions between DATA and its reply, sampled (SIGUSR1) just "
                "before the kill, which follows as soon as the sample is read (Max_Outbound_Connections is a "
                "per-destination limit split over the shards: ceil(%d / shards) each)." % (args.fraction * 100, bound, args.max_out))
+        if pf:
+            how += (" Postfix: SIGKILL to every process of the instance (master and its children, listed by "
+                    "its cgroup), then `postfix start`; nothing bounds its duplicates, they are shown for "
+                    "comparison.")
     md = [title, "",
           "- Command: `%s`" % cmdline,
           "- Commit: %s (date %s)" % (machine["commit"], machine["date"]),
