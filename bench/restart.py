@@ -629,7 +629,7 @@ def main(argv, mode=SCENARIO):
                "counted from its delivery log. If the sink lacks 250'd tokens 30 s after the load, `postfix flush` "
                "(Postfix's deferred queue otherwise waits minimal_backoff_time, 300 s)." % (args.fraction * 100))
     else:
-        title = "## crash: kill -9 of ringmaild under load"
+        title = "## crash: kill -9 under load, ringmaild%s" % (" and Postfix" if pf else "")
         how = ("- SIGKILL when ringload has %d%% of the messages 250'd; start again on the same spool, config and "
                "port; ringload's sessions reconnect. Allowed duplicates: deliveries whose remote 250 arrived "
                "but whose done-mark was not durable at the kill; the bound checked is Max_Outbound_Connections "
