@@ -156,6 +156,8 @@ class CpuCgroup:
             try:
                 os.rmdir(self.path)
                 return
+            except FileNotFoundError:
+                return
             except OSError:
                 time.sleep(0.1)
 
@@ -185,6 +187,14 @@ class Postfix:
         with open(os.path.join(self.conf_dir, "master.cf"), "w") as f:
             f.write(MASTER_CF.format(port=self.port))
         shutil.chown(self.data, "postfix", "postfix")
+        # The mail owner must be able to open the log: postsuper (run by
+        # `postfix start` and `postfix check` as the mail owner) logs there,
+        # and exits fatally if it cannot, e.g. when root's postfix-script
+        # created the file first.
+        with open(self.maillog, "a"):
+            pass
+        shutil.chown(self.maillog, "postfix", "postfix")
+        os.chmod(self.maillog, 0o644)
         self.log = []
 
     def _postfix(self, *args, timeout=60):
@@ -198,10 +208,12 @@ class Postfix:
                                                        (r.stdout + r.stderr)[-1500:]))
         return r
 
-    def start(self, timeout=30):
+    def start(self, timeout=30, check=True):
         # `postfix check` creates the queue directories with their owners
-        # (set-permissions would also work).
-        self._postfix("check")
+        # (set-permissions would also work). A restart skips it, as an
+        # operator's `postfix start` would.
+        if check:
+            self._postfix("check")
         self.cgroup = CpuCgroup("ringbench-postfix-%d-%d" % (os.getpid(), self.port))
         if self.cgroup.path:
             cmd = ["/bin/sh", "-c", 'echo $$ > "$1" && exec "$2" -c "$3" start',

@@ -21,6 +21,7 @@ three targets, the order rotating per round.
 """
 
 import argparse
+import json
 import os
 import re
 import subprocess
@@ -33,6 +34,7 @@ import postfix
 SMTP_SOURCE = "/usr/sbin/smtp-source"
 SMTP_SINK = "/usr/sbin/smtp-sink"
 RINGSINK = os.environ.get("RINGSINK") or os.path.join(lib.BUILD, "bench", "ringsink")
+RINGLOAD = os.environ.get("RINGLOAD") or os.path.join(lib.BUILD, "bench", "ringload")
 POLL = 0.02  # seconds between sink counts
 
 RELAY_CONFIG_EXTRA = """\
@@ -68,7 +70,9 @@ class RelayRingmaild(lib.Ringmaild):
 class RingSink:
     """bench/ringsink on a kernel-picked port; counts by SIGUSR1."""
 
-    ACC_RE = re.compile(r"accepted (\d+)")
+    # "messages N: accepted N": not the later "rcpts accepted N", which counts
+    # a message before its data is in.
+    ACC_RE = re.compile(r"messages \d+: accepted (\d+)")
     DUP_RE = re.compile(r"tokens unique (\d+) duplicate (\d+) untokened (\d+)")
 
     def __init__(self, run_dir):
@@ -163,6 +167,16 @@ def source_command(port, sessions, reuse, messages, size):
     return cmd
 
 
+
+def ringload_command(port, sessions, reuse, messages, size, json_path, timeout):
+    """bench/ringload with smtp-source's dialogue (lock-step, no pipelining):
+    one message per connection, or (reuse) unlimited reuse as smtp-source -d.
+    -l is the whole message, headers included."""
+    return [RINGLOAD, "-s", str(sessions), "-m", str(messages), "-l", str(size),
+            "-M", "0" if reuse else "1", "-f", "a@client.test", "-t", "b@dest.test",
+            "--json", json_path, "-q", "--timeout", str(timeout), "127.0.0.1:%d" % port]
+
+
 def children_cpu_s():
     r = os.times()
     return r.children_user + r.children_system
@@ -208,13 +222,27 @@ def drive(cmd, sink, messages, timeout, cpu_fn):
     return out
 
 
+def ringload_figures(path):
+    """The figures a run keeps from ringload's JSON: 250s, its own CPU and
+    the '.'-to-250 latency (µs) of the MTA or sink it talked to."""
+    try:
+        with open(path) as f:
+            j = json.load(f)
+    except (OSError, ValueError) as e:
+        return {"ringload_error": str(e)}
+    lat = j.get("latency_us", {})
+    return {"load_ok": j["messages"]["ok"], "load_end": j.get("end"),
+            "generator_cpu_us_per_msg_self": j.get("cpu", {}).get("us_per_msg"),
+            "latency_us": {k: lat.get(k) for k in ("p50", "p90", "p99", "p99.9", "max", "mean")}}
+
+
 def one_run(target, sessions, reuse, args):
     rec = {"target": target, "sessions": sessions, "reuse": reuse, "messages_sent": args.messages,
            "size": args.size, "loadavg_before": open("/proc/loadavg").read().split()[:3]}
     run_dir = None
     sink = mta = None
     try:
-        if target == "ceiling":
+        if target == "ceiling" and args.generator == "smtp-source":
             sk = SmtpSink()
             try:
                 rec["sink_command"] = sk.command
@@ -234,10 +262,14 @@ def one_run(target, sessions, reuse, args):
             finally:
                 sk.stop()
             return rec
-        run_dir = lib.make_run_dir("relay-" + target)
+        run_dir = lib.make_run_dir("%s-%s" % (args.scenario, target))
         sink = RingSink(run_dir)
         rec["sink_command"] = sink.command
-        if target == "ringmail":
+        if target == "ceiling":
+            # ringload straight into ringsink: no MTA, nothing to measure
+            cpu_fn = lambda: 0.0  # noqa: E731
+            port = sink.port
+        elif target == "ringmail":
             os.makedirs(os.path.join(run_dir, "ringmail"))
             mta = RelayRingmaild(os.path.join(run_dir, "ringmail"), sink.port, shards=args.shards)
             mta.start()
@@ -253,7 +285,11 @@ def one_run(target, sessions, reuse, args):
             cpu_fn = mta.cpu_us
             port = mta.port
         time.sleep(0.3)  # let it settle
-        cmd = source_command(port, sessions, reuse, args.messages, args.size)
+        load_json = os.path.join(run_dir, "ringload.json")
+        if args.generator == "ringload":
+            cmd = ringload_command(port, sessions, reuse, args.messages, args.size, load_json, args.timeout)
+        else:
+            cmd = source_command(port, sessions, reuse, args.messages, args.size)
         rec["source_command"] = cmd
         sink_cpu0 = sink.cpu_ticks()
         res = drive(cmd, sink, args.messages, args.timeout, cpu_fn)
@@ -264,7 +300,13 @@ def one_run(target, sessions, reuse, args):
         rec["mta_cpu_us_per_msg"] = res["mta_cpu_us"] / args.messages
         rec["generator_cpu_us_per_msg"] = res["generator_cpu_s"] * 1e6 / args.messages
         source_ok = res["source_rc"] == 0 and not res["source_stderr"].strip()
-        if target == "ringmail":
+        if args.generator == "ringload":
+            rec.update(ringload_figures(load_json))
+            source_ok = source_ok and rec.get("load_ok") == args.messages
+        if target == "ceiling":
+            rec.pop("mta_cpu_us_per_msg", None)
+            rec["ok"] = source_ok and res["complete"]
+        elif target == "ringmail":
             ex = mta.stop()
             rec["exit"] = ex
             rec["delivery_log_lines"] = mta.delivery_log_lines()
@@ -318,6 +360,7 @@ def one_run(target, sessions, reuse, args):
 TARGETS = ("ringmail", "postfix", "ceiling")
 NAMES = {"ringmail": "ringmaild → ringsink", "postfix": "Postfix → ringsink",
          "ceiling": "smtp-sink (ceiling)"}
+CEILING_NAMES = {"smtp-source": "smtp-sink (ceiling)", "ringload": "ringsink alone (ceiling)"}
 
 
 def paired(runs, sessions, reuse, a, b, key):
@@ -342,7 +385,10 @@ def summarize(runs, configs, targets):
             row[t] = {"runs": len(rs), "ok_runs": len(good),
                       "msgs_per_s": lib.stat3([r.get("msgs_per_s") for r in good]),
                       "mta_cpu_us_per_msg": lib.stat3([r.get("mta_cpu_us_per_msg") for r in good]),
-                      "source_msgs_per_s": lib.stat3([r.get("source_msgs_per_s") for r in good])}
+                      "source_msgs_per_s": lib.stat3([r.get("source_msgs_per_s") for r in good]),
+                      "generator_cpu_us_per_msg": lib.stat3([r.get("generator_cpu_us_per_msg") for r in good])}
+            for q in ("p50", "p90", "p99", "p99.9"):
+                row[t]["latency_us_" + q] = lib.stat3([(r.get("latency_us") or {}).get(q) for r in good])
             if t != "ceiling":
                 row[t]["duplicates_at_sink"] = [r.get("duplicates_at_sink") for r in rs]
         med = lambda t, k: (row.get(t, {}).get(k) or {}).get("median")  # noqa: E731
@@ -372,12 +418,18 @@ def fmt_ratio(med, pr, fmt, scale=1.0):
     return s
 
 
-def table(rows, targets):
-    lines = ["| sessions | connections | target | end-to-end msgs/s | MTA CPU µs/msg "
-             "| ringmail ÷ Postfix msgs/s | ringmail ÷ Postfix CPU/msg | ringmail share of ceiling |",
-             "|" + "---|" * 8]
+def table(rows, targets, generator="smtp-source"):
+    names = dict(NAMES, ceiling=CEILING_NAMES[generator])
+    lat = generator == "ringload"
+    head = ("| sessions | connections | target | end-to-end msgs/s | MTA CPU µs/msg "
+            "| ringmail ÷ Postfix msgs/s | ringmail ÷ Postfix CPU/msg | ringmail share of ceiling |")
+    ncol = 8
+    if lat:
+        head += " '.'→250 p50 ms | '.'→250 p99 ms | ringload CPU µs/msg |"
+        ncol += 3
+    lines = [head, "|" + "---|" * ncol]
     for row in rows:
-        conn = "reused (-d)" if row["reuse"] else "1 msg/conn"
+        conn = ("reused (-M 0)" if lat else "reused (-d)") if row["reuse"] else "1 msg/conn"
         for t in targets:
             s = row[t]
             bad = "" if s["ok_runs"] == s["runs"] else " (%d/%d runs ok)" % (s["ok_runs"], s["runs"])
@@ -395,8 +447,13 @@ def table(rows, targets):
                     share = fmt_ratio(row["ringmail_share_of_ceiling"], row["ringmail_share_of_ceiling_paired"],
                                       "%.0f%%", 100)
             cpu_col = lib.fmt_stat(s["mta_cpu_us_per_msg"], "%.0f") if t != "ceiling" else "–"
-            lines.append("| %d | %s | %s | %s%s | %s | %s | %s | %s |" % (
-                row["sessions"], conn, NAMES[t], lib.fmt_stat(s["msgs_per_s"]), bad, cpu_col, x, cpu, share))
+            line = "| %d | %s | %s | %s%s | %s | %s | %s | %s |" % (
+                row["sessions"], conn, names[t], lib.fmt_stat(s["msgs_per_s"]), bad, cpu_col, x, cpu, share)
+            if lat:
+                line += " %s | %s | %s |" % (lib.fmt_stat(s["latency_us_p50"], "%.1f", 1e-3),
+                                             lib.fmt_stat(s["latency_us_p99"], "%.1f", 1e-3),
+                                             lib.fmt_stat(s["generator_cpu_us_per_msg"], "%.0f"))
+            lines.append(line)
     return "\n".join(lines)
 
 
@@ -412,12 +469,18 @@ def verdicts(rows):
     return out
 
 
-def main(argv):
-    ap = argparse.ArgumentParser(prog="bench/run relay", description=__doc__,
+def main(argv, scenario="relay", doc=None, markdown=None):
+    """bench/run relay (smtp-source, issue 3's criteria), or another scenario
+    made of the same runs (bench/peers.py: ringload, latency) that brings its
+    own doc and markdown(args, machine, data, cmdline, path, shards,
+    prov_warning, table) for its RESULTS.md section."""
+    peers = scenario == "peers"
+    ap = argparse.ArgumentParser(prog="bench/run " + scenario, description=doc or __doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=3, help="runs per configuration and target (default 3)")
     ap.add_argument("--messages", type=int, default=20000, help="messages per run (default 20000)")
-    ap.add_argument("--size", type=int, default=1024, help="smtp-source -l (default 1024)")
+    ap.add_argument("--size", type=int, default=1024,
+                    help="smtp-source -l, or ringload -l (the whole message) for peers (default 1024)")
     ap.add_argument("--sessions", default="10,50", help="comma-separated session counts (default 10,50)")
     ap.add_argument("--reuse", action="store_true",
                     help="also run with reused connections (smtp-source -d); default: one message per connection")
@@ -427,6 +490,8 @@ def main(argv):
     ap.add_argument("--keep", action="store_true", help="keep run directories")
     ap.add_argument("--no-record", action="store_true", help="write neither results/*.json nor RESULTS.md")
     args = ap.parse_args(argv)
+    args.scenario = scenario
+    args.generator = "ringload" if peers else "smtp-source"
 
     targets = [t for t in args.targets.split(",") if t]
     for t in targets:
@@ -434,16 +499,17 @@ def main(argv):
             ap.error("unknown target %r" % t)
     if "ringmail" in targets:
         lib.check_binaries()
-        if not os.access(RINGSINK, os.X_OK):
-            raise SystemExit("bench: missing %s" % RINGSINK)
+    for b in ([RINGSINK] if "ringmail" in targets or peers else []) + ([RINGLOAD] if peers else []):
+        if not os.access(b, os.X_OK):
+            raise SystemExit("bench: missing %s" % b)
     if "postfix" in targets and os.geteuid() != 0:
         raise SystemExit("bench: the Postfix target needs root")
     sessions = [int(x) for x in args.sessions.split(",")]
     configs = [(s, r) for r in ([False, True] if args.reuse else [False]) for s in sessions]
 
     machine = lib.machine_info()
-    cmdline = "bench/run relay" + "".join(" " + a for a in argv)
-    lib.log("relay: %s; commit %s; %d configs x %d targets x %d runs"
+    cmdline = "bench/run %s" % scenario + "".join(" " + a for a in argv)
+    lib.log(scenario + ": %s; commit %s; %d configs x %d targets x %d runs"
             % (lib.machine_line(machine), machine["commit"], len(configs), len(targets), args.runs))
     runs, n, total = [], 0, len(configs) * len(targets) * args.runs
     t_start = time.monotonic()
@@ -464,9 +530,9 @@ def main(argv):
                     "" if rec.get("ok") else "  FAILED: " + str(rec.get("error") or rec.get("source_stderr", "")[-300:]
                                                               or rec.get("sink_count_at_end"))))
     rows = summarize(runs, configs, targets)
-    tab = table(rows, targets)
+    tab = table(rows, targets, args.generator)
     print(tab)
-    vs = verdicts(rows)
+    vs = [] if peers else verdicts(rows)
     vlines = []
     for v in vs:
         line = ("%d sessions, %s: ringmail %.1f× Postfix's end-to-end throughput (criterion ≥ 5×, aim 10×: %s) "
@@ -479,11 +545,12 @@ def main(argv):
         print(line)
 
     data = {
-        "scenario": "relay",
+        "scenario": scenario,
+        "generator": args.generator,
         "command": cmdline,
         "machine": machine,
-        "binaries": {"ringmaild": lib.RINGMAILD, "ringsink": RINGSINK, "smtp-source": SMTP_SOURCE,
-                     "smtp-sink": SMTP_SINK},
+        "binaries": {"ringmaild": lib.RINGMAILD, "ringsink": RINGSINK,
+                     **({"ringload": RINGLOAD} if peers else {"smtp-source": SMTP_SOURCE, "smtp-sink": SMTP_SINK})},
         "postfix_version": subprocess.run(["postconf", "-d", "-h", "mail_version"], capture_output=True,
                                           text=True).stdout.strip(),
         "postfix_main_cf": postfix.MAIN_CF, "postfix_master_cf": postfix.MASTER_CF,
@@ -492,7 +559,7 @@ def main(argv):
         "parameters": {"runs": args.runs, "messages": args.messages, "size": args.size, "sessions": sessions,
                        "reuse": [c[1] for c in configs], "targets": targets, "shards_config": args.shards,
                        "timeout_s": args.timeout, "sink_poll_s": POLL},
-        "criteria": {"text": "ringmail >= 5x Postfix's end-to-end throughput (aim 10x) and <= 1/20 of its "
+        "criteria": None if peers else {"text": "ringmail >= 5x Postfix's end-to-end throughput (aim 10x) and <= 1/20 of its "
                              "CPU per message", "verdicts": vs},
         "summary": rows,
         "runs": runs,
@@ -511,35 +578,38 @@ def main(argv):
         lib.log(prov_warning)
     if args.no_record:
         return 0 if all(r.get("ok") for r in runs) else 1
-    path = lib.write_json("relay", data)
+    path = lib.write_json(scenario, data)
     lib.log("wrote %s" % os.path.relpath(path, lib.ROOT))
     shards = ", ".join(str(s) for s in data["shards"]) or "n/a"
     pf_method = next((r.get("postfix_cpu_method") for r in runs if r.get("postfix_cpu_method")), "n/a")
-    md = ["## relay: end to end, ringmaild vs Postfix (vs the smtp-sink ceiling)", "",
-          "- Command: `%s`" % cmdline,
-          "- Commit: %s (date %s)" % (machine["commit"], machine["date"]),
-          "- Machine: %s; ringmaild shards: %s; spools and Postfix queue on %s; Postfix %s"
-          % (lib.machine_line(machine), shards, machine["work_dir_fs"], data["postfix_version"]),
-          "- Load: `smtp-source -s N -m %d -l %d%s -f a@client.test -t b@dest.test`; %d runs per row, "
-          "interleaved (ringmail, Postfix, ceiling; order rotating per round); a fresh daemon, spool or "
-          "Postfix instance and sink per run. Figures: median (min–max)."
-          % (args.messages, args.size, " [-d]" if args.reuse else "", args.runs),
-          "- ringmaild: `Gateway` = bench/ringsink, `Delivery_Log` set, fsync per message batch as always. "
-          "Postfix: a private instance written by bench/postfix.py (relayhost = [127.0.0.1]:SINKPORT, "
-          "queue on the same disk, fsync behaviour and concurrency limits as shipped, no chroot, "
-          "logging to a file), relaying to its own bench/ringsink.",
-          "- End-to-end msgs/s = %d / time from smtp-source's start until the sink counted all of them "
-          "(polled every %.0f ms). MTA CPU over that span: ringmaild = utime+stime of every thread "
-          "(/proc/PID/stat, io_uring workers included); Postfix = every process of the instance "
-          "(master, smtpd, cleanup, qmgr, trivial-rewrite, smtp, ..., exited ones included) via a "
-          "cpuacct cgroup. Ratios: of the medians, in parentheses the range of the per-round ratios. "
-          "Ceiling = smtp-source straight into smtp-sink (its wall time), as in `bench/run accept`."
-          % (args.messages, POLL * 1000),
-          "- Raw runs: `bench/results/%s`" % os.path.basename(path), "", prov_warning, "",
-          tab, ""]
+    if markdown:
+        md = markdown(args, machine, data, cmdline, path, shards, prov_warning, tab)
+    else:
+        md = ["## relay: end to end, ringmaild vs Postfix (vs the smtp-sink ceiling)", "",
+              "- Command: `%s`" % cmdline,
+              "- Commit: %s (date %s)" % (machine["commit"], machine["date"]),
+              "- Machine: %s; ringmaild shards: %s; spools and Postfix queue on %s; Postfix %s"
+              % (lib.machine_line(machine), shards, machine["work_dir_fs"], data["postfix_version"]),
+              "- Load: `smtp-source -s N -m %d -l %d%s -f a@client.test -t b@dest.test`; %d runs per row, "
+              "interleaved (ringmail, Postfix, ceiling; order rotating per round); a fresh daemon, spool or "
+              "Postfix instance and sink per run. Figures: median (min–max)."
+              % (args.messages, args.size, " [-d]" if args.reuse else "", args.runs),
+              "- ringmaild: `Gateway` = bench/ringsink, `Delivery_Log` set, fsync per message batch as always. "
+              "Postfix: a private instance written by bench/postfix.py (relayhost = [127.0.0.1]:SINKPORT, "
+              "queue on the same disk, fsync behaviour and concurrency limits as shipped, no chroot, "
+              "logging to a file), relaying to its own bench/ringsink.",
+              "- End-to-end msgs/s = %d / time from smtp-source's start until the sink counted all of them "
+              "(polled every %.0f ms). MTA CPU over that span: ringmaild = utime+stime of every thread "
+              "(/proc/PID/stat, io_uring workers included); Postfix = every process of the instance "
+              "(master, smtpd, cleanup, qmgr, trivial-rewrite, smtp, ..., exited ones included) via a "
+              "cpuacct cgroup. Ratios: of the medians, in parentheses the range of the per-round ratios. "
+              "Ceiling = smtp-source straight into smtp-sink (its wall time), as in `bench/run accept`."
+              % (args.messages, POLL * 1000),
+              "- Raw runs: `bench/results/%s`" % os.path.basename(path), "", prov_warning, "",
+              tab, ""]
     for line in vlines:
         md.append("- **Criterion (issue 3)**: " + line)
-    lib.update_results_md("relay", "\n".join(md))
+    lib.update_results_md(scenario, "\n".join(md))
     lib.log("updated bench/RESULTS.md")
     return 0 if all(r.get("ok") for r in runs) else 1
 

@@ -32,9 +32,9 @@ ringhist_merge(struct ringhist *to, const struct ringhist *from)
 }
 
 
-/* ringhist_upper - the highest value that falls in bucket idx */
-static uint64_t
-ringhist_upper(unsigned idx)
+/* ringhist_bucket_upper - the highest value that falls in bucket idx */
+uint64_t
+ringhist_bucket_upper(unsigned idx)
 {
     unsigned k, sub;
 
@@ -68,7 +68,7 @@ ringhist_quantile(const struct ringhist *h, double q)
     for (i = 0; i < RINGHIST_BUCKETS; i++) {
         seen += h->bucket[i];
         if (seen >= rank)
-            return MIN(ringhist_upper(i), h->max);
+            return MIN(ringhist_bucket_upper(i), h->max);
     }
     return h->max;
 }

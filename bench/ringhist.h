@@ -7,6 +7,7 @@
  *   void     ringhist_merge(struct ringhist *to, const struct ringhist *from);
  *   uint64_t ringhist_quantile(const struct ringhist *h, double q);
  *   double   ringhist_mean(const struct ringhist *h);
+ *   uint64_t ringhist_bucket_upper(unsigned idx);
  * DESCRIPTION
  *   Values below 128 have a bucket each; above, every power of two is cut
  *   into 64 buckets, so a reported value is at most 1/64 (1.6%) above the
@@ -16,6 +17,9 @@
  *   ringhist_quantile() returns the highest value of the bucket holding
  *   the q-th value (q in 0..1), never more than the maximum seen; 0 when
  *   the histogram is empty.
+ *
+ *   ringhist_bucket_upper() is the highest value counted in bucket idx,
+ *   for printing the histogram itself (e.g. a CDF).
  * OWNERSHIP
  *   A plain struct (about 18 KiB); embed or allocate it as you like.
  * THREADS
@@ -44,6 +48,7 @@ void ringhist_reset(struct ringhist *h);
 void ringhist_merge(struct ringhist *to, const struct ringhist *from);
 uint64_t ringhist_quantile(const struct ringhist *h, double q);
 double ringhist_mean(const struct ringhist *h);
+uint64_t ringhist_bucket_upper(unsigned idx);
 
 /* ringhist_index - the bucket of v */
 static inline unsigned

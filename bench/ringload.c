@@ -20,7 +20,9 @@
  *   The latency of a message is the time from sending its dot to reading
  *   the reply to it, kept in a log-linear histogram (ringhist.h).
  *   Each second a progress line goes to stderr; at the end a text summary
- *   goes to stdout and, with --json FILE, the same as JSON.
+ *   goes to stdout and, with --json FILE, the same as JSON, plus the
+ *   histogram's non-empty buckets (for a CDF) and the start time on
+ *   CLOCK_MONOTONIC (to place the progress lines on another clock).
  *
  *   It is built to be cheap, so that it measures the server and not
  *   itself: one thread, one io_uring (core/loop.c), fixed-file sockets,
@@ -613,6 +615,18 @@ ringload_json(const struct ringload *rl, const struct ringload_cpu *cpu,
             (unsigned long long)ringhist_quantile(h, 0.99),
             (unsigned long long)ringhist_quantile(h, 0.999),
             (unsigned long long)h->max);
+    fprintf(fp, "  \"start_monotonic_s\": %.6f,\n",
+            (double)rl->start_us / 1e6);
+    /* [highest value of the bucket, count]; at most RINGHIST_BUCKETS */
+    fprintf(fp, "  \"histogram_us\": [");
+    for (unsigned i = 0, n = 0; i < RINGHIST_BUCKETS; i++) {
+        if (h->bucket[i] == 0)
+            continue;
+        fprintf(fp, "%s[%llu, %llu]", n++ > 0 ? ", " : "",
+                (unsigned long long)MIN(ringhist_bucket_upper(i), h->max),
+                (unsigned long long)h->bucket[i]);
+    }
+    fprintf(fp, "],\n");
     fprintf(fp, "  \"cpu\": {\"user_s\": %.6f, \"sys_s\": %.6f, "
             "\"us_per_msg\": %.3f}\n}\n", cpu->user_s, cpu->sys_s,
             done ? (cpu->user_s + cpu->sys_s) * 1e6 / (double)done : 0.0);

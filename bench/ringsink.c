@@ -95,6 +95,7 @@ struct ringsink_opts {
     double reject_share;
     unsigned latency_ms;
     unsigned max_sessions;
+    unsigned progress_ms;        /* 0: no progress lines */
     int cpu;
 };
 
@@ -699,11 +700,14 @@ ringsink_usage(FILE *fp)
 "  --max-size BYTES       advertised SIZE; bigger messages get 552\n"
 "                         (default 0: no limit)\n"
 "  --hostname NAME        name in the greeting and EHLO (default ringsink)\n"
+"  --progress MS          print the counts line (\"progress\") every MS ms\n"
 "  -c, --cpu N            pin to CPU N\n"
 "  -h, --help             this text\n"
 "\n"
 "SIGUSR1 prints the counts to stderr; SIGTERM/SIGINT print them, flush the\n"
-"record and the JSON, and exit 0.\n", RINGSINK_SESSIONS_MAX);
+"record and the JSON, and exit 0. A counts line carries CLOCK_MONOTONIC\n"
+"(\"at S\") and the transactions in flight: between DATA and the reply to\n"
+"their dot.\n", RINGSINK_SESSIONS_MAX);
 }
 
 
@@ -753,7 +757,7 @@ ringsink_options(struct ringsink_opts *o, int argc, char **argv)
     enum {
         OPT_RECORD = 256, OPT_JSON, OPT_TF_RCPT, OPT_RJ_RCPT, OPT_TF_SHARE,
         OPT_RJ_SHARE, OPT_LATENCY, OPT_MAX_SESSIONS, OPT_421, OPT_MAX_SIZE,
-        OPT_HOSTNAME,
+        OPT_HOSTNAME, OPT_PROGRESS,
     };
     static const struct option longopts[] = {
         { "record", required_argument, NULL, OPT_RECORD },
@@ -767,6 +771,7 @@ ringsink_options(struct ringsink_opts *o, int argc, char **argv)
         { "reply-421-after", required_argument, NULL, OPT_421 },
         { "max-size", required_argument, NULL, OPT_MAX_SIZE },
         { "hostname", required_argument, NULL, OPT_HOSTNAME },
+        { "progress", required_argument, NULL, OPT_PROGRESS },
         { "cpu", required_argument, NULL, 'c' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
@@ -836,6 +841,11 @@ ringsink_options(struct ringsink_opts *o, int argc, char **argv)
             }
             o->smtp.hostname = optarg;
             break;
+        case OPT_PROGRESS:
+            if (ringsink_number("--progress", optarg, 10, 3600000, &v) < 0)
+                return 2;
+            o->progress_ms = (unsigned)v;
+            break;
         case 'c':
             if (ringsink_number("-c", optarg, 0, CPU_SETSIZE - 1, &v) < 0)
                 return 2;
@@ -868,18 +878,49 @@ ringsink_options(struct ringsink_opts *o, int argc, char **argv)
 }
 
 
-/* ringsink_report - the counts, one line on stderr */
+/*
+ * ringsink_in_flight - transactions between DATA and the reply to their dot,
+ * now: *in_data are still receiving their data, *awaiting have ended it
+ * and wait for their reply (--latency). A walk over the connections: called
+ * once per report, never per message.
+ */
+static void
+ringsink_in_flight(const struct ringsink *rs, unsigned *in_data,
+                   unsigned *awaiting)
+{
+    const struct ringsink_conn *c;
+
+    *in_data = *awaiting = 0;
+    for (c = rs->all; c != NULL; c = c->next_all) {
+        if (c->fd < 0)
+            continue;
+        if (c->smtp.state == RINGSINK_SMTP_DATA)
+            (*in_data)++;
+        else if (c->smtp.state == RINGSINK_SMTP_VERDICT)
+            (*awaiting)++;
+    }
+}
+
+
+/*
+ * ringsink_report - the counts, one line on stderr. "at" is
+ * CLOCK_MONOTONIC in seconds, so that a script can place the line on its
+ * own clock (Python's time.monotonic() reads the same clock).
+ */
 static void
 ringsink_report(const struct ringsink *rs, const char *why)
 {
     const struct ringsink_counts *k = &rs->counts;
     const struct ringsink_record *r = &rs->record;
+    unsigned in_data, awaiting;
 
-    fprintf(stderr, "ringsink: %s: sessions %llu (active %u, refused %llu), "
-            "messages %llu: accepted %llu tempfailed %llu rejected %llu "
-            "too-big %llu; rcpts accepted %llu tempfailed %llu rejected "
-            "%llu; 421 %llu; tokens unique %zu duplicate %llu untokened "
-            "%llu; bytes %llu\n", why,
+    ringsink_in_flight(rs, &in_data, &awaiting);
+    fprintf(stderr, "ringsink: %s: at %.6f sessions %llu (active %u, "
+            "refused %llu), messages %llu: accepted %llu tempfailed %llu "
+            "rejected %llu too-big %llu; rcpts accepted %llu tempfailed "
+            "%llu rejected %llu; 421 %llu; tokens unique %zu duplicate %llu "
+            "untokened %llu; bytes %llu; in flight %u (in data %u, awaiting "
+            "reply %u)\n", why, (double)now_us() / 1e6,
             (unsigned long long)k->sessions, rs->active,
             (unsigned long long)k->sessions_refused,
             (unsigned long long)k->messages,
@@ -893,7 +934,9 @@ ringsink_report(const struct ringsink *rs, const char *why)
             (unsigned long long)k->closed_421, r->unique,
             (unsigned long long)r->duplicates,
             (unsigned long long)r->untokened,
-            (unsigned long long)k->bytes);
+            (unsigned long long)k->bytes, in_data + awaiting, in_data,
+            awaiting);
+    fflush(stderr);
 }
 
 
@@ -1121,7 +1164,7 @@ main(int argc, char **argv)
 {
     static struct ringsink rs;
     struct sigaction sa;
-    uint64_t next_flush;
+    uint64_t next_flush, next_progress;
     int batch = 0;
     int rc;
 
@@ -1141,6 +1184,7 @@ main(int argc, char **argv)
 
     rs.start_us = now_us();
     next_flush = now_ms() + 1000;
+    next_progress = now_ms() + rs.o.progress_ms;
     ringsink_accept_arm(&rs);
     while (!ringsink_stop) {
         uint64_t now;
@@ -1150,6 +1194,10 @@ main(int argc, char **argv)
         if (ringsink_report_wanted) {
             ringsink_report_wanted = 0;
             ringsink_report(&rs, "SIGUSR1");
+        }
+        if (rs.o.progress_ms != 0 && now >= next_progress) {
+            ringsink_report(&rs, "progress");
+            next_progress = now + rs.o.progress_ms;
         }
         if (rs.record_fp != NULL && now >= next_flush) {
             fflush(rs.record_fp);

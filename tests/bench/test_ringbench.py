@@ -14,6 +14,8 @@ line), drives it with ringload, and checks:
                and every message is accounted for
   latency      --latency delays each final reply without serialising
                sessions
+  in_flight    the counts line (SIGUSR1, --progress) counts transactions
+               between DATA and their reply; ringload's JSON histogram
   dialogue     raw socket: pipelined commands sent one byte at a time,
                recipient patterns, dot-stuffing, multi-line EHLO, the
                recorded token, rcpt count and unstuffed size
@@ -277,6 +279,37 @@ class RingBench(unittest.TestCase):
         self.assertGreaterEqual(js["latency_us"]["p50"], 200000)
         # Two rounds of four concurrent delays, not eight in a row.
         self.assertLess(js["elapsed_s"], 0.4 + t(0.8), js["elapsed_s"])
+
+    def test_in_flight(self):
+        """The counts line says how many transactions wait between DATA and
+        their reply (bench/run restart samples it at the signal); --progress
+        prints it by itself; ringload's JSON holds its histogram."""
+        s = self.sink("--latency", "600", "--progress", "100")
+        js_path = os.path.join(self.tmp.name, "inflight.json")
+        load = subprocess.Popen([RINGLOAD, "-q", "--json", js_path, "-s", "4", "-m", "4", "-M", "0",
+                                 "--timeout", str(int(t(60))), s.addr],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        seen, deadline = None, time.monotonic() + t(3)
+        while time.monotonic() < deadline and seen is None:
+            s.proc.send_signal(signal.SIGUSR1)
+            time.sleep(0.05)
+            with open(s.err_path) as f:
+                for line in f:
+                    if line.startswith("ringsink: SIGUSR1:") and \
+                            "in flight 4 (in data 0, awaiting reply 4)" in line:
+                        seen = line
+        self.assertEqual(load.wait(t(30)), 0)
+        s.stop()
+        self.assertIsNotNone(seen, "no counts line with 4 awaiting their reply")
+        with open(s.err_path) as f:
+            text = f.read()
+        self.assertIn("ringsink: progress: at ", text)
+        self.assertIn("in flight 0 (in data 0, awaiting reply 0)", text.splitlines()[-1])
+        with open(js_path) as f:
+            js = json.load(f)
+        self.assertEqual(sum(n for _, n in js["histogram_us"]), 4)
+        self.assertGreaterEqual(min(v for v, _ in js["histogram_us"]), 600000)
+        self.assertLessEqual(js["start_monotonic_s"], time.monotonic())
 
     def test_dialogue(self):
         s = self.sink("--tempfail-rcpt", "tf", "--reject-rcpt", "rj")
