@@ -10,4 +10,5 @@
 void
 policy_libs_open(lua_State *L)
 {
+    lualib_db_open(L);
 }
