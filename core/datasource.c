@@ -81,77 +81,18 @@ ds_space(char ch)
 }
 
 
-/* ds_query_split - see datasource.h */
-int
-ds_query_split(const char *query, const char *const *params,
-               const size_t *param_lens, size_t param_count,
-               struct ds_argv *out, char *err, size_t errlen)
+/* ds_argv_init - room for argc_max arguments of bytes in all */
+void
+ds_argv_init(struct ds_argv *av, int argc_max, size_t bytes)
 {
-    size_t qlen = strlen(query), total = 0, used = 0, i, pi = 0;
-    size_t offs[DS_ARGS_MAX];
-    const char *p = query;
+    size_t arrays = (size_t)argc_max * (sizeof *av->argv +
+                                        sizeof *av->argvlen);
 
-    memset(out, 0, offsetof(struct ds_argv, argv));
-    out->buf = NULL;
-    /* An upper bound of the bytes needed: the query plus every param. */
-    for (i = 0; i < param_count; i++)
-        total += param_lens[i];
-    if (qlen + total > DS_CMD_BYTES_MAX) {
-        snprintf(err, errlen, "query and parameters exceed %u bytes",
-                 DS_CMD_BYTES_MAX);
-        return -EINVAL;
-    }
-    out->buf = xmalloc(qlen + total + 1);
-    for (;;) {
-        const char *ws;
-        size_t start = used;
-
-        while (*p != '\0' && ds_space(*p))
-            p++;
-        if (*p == '\0')
-            break;
-        if (out->argc == DS_ARGS_MAX) {
-            snprintf(err, errlen, "more than %d words in the query",
-                     DS_ARGS_MAX);
-            goto fail;
-        }
-        ws = p;
-        while (*p != '\0' && !ds_space(*p))
-            p++;
-        for (; ws < p; ws++) {
-            if (*ws != '?') {
-                out->buf[used++] = *ws;
-                continue;
-            }
-            if (pi == param_count) {
-                snprintf(err, errlen, "the query has more ? than the %zu "
-                         "parameters given", param_count);
-                goto fail;
-            }
-            memcpy(out->buf + used, params[pi], param_lens[pi]);
-            used += param_lens[pi];
-            pi++;
-        }
-        offs[out->argc] = start;
-        out->argvlen[out->argc] = used - start;
-        out->argc++;
-    }
-    if (out->argc == 0) {
-        snprintf(err, errlen, "empty query");
-        goto fail;
-    }
-    if (pi != param_count) {
-        snprintf(err, errlen, "%zu parameters given, the query uses %zu",
-                 param_count, pi);
-        goto fail;
-    }
-    /* Pointers last: buf no longer moves. */
-    for (i = 0; i < (size_t)out->argc; i++)
-        out->argv[i] = out->buf + offs[i];
-    return 0;
-fail:
-    ds_argv_fini(out);
-    return -EINVAL;
+    av->argc = 0;
+    av->buf = xmalloc(arrays + bytes + 1);
+    av->argv = (const char **)(void *)av->buf;
+    av->argvlen = (size_t *)(void *)(av->buf + (size_t)argc_max *
+                                     sizeof *av->argv);
 }
 
 
@@ -160,7 +101,95 @@ ds_argv_fini(struct ds_argv *av)
 {
     free(av->buf);
     av->buf = NULL;
+    av->argv = NULL;
+    av->argvlen = NULL;
     av->argc = 0;
+}
+
+
+/* ds_query_split - see datasource.h */
+int
+ds_query_split(const char *query, const char *const *params,
+               const size_t *param_lens, size_t param_count,
+               struct ds_argv *out, char *err, size_t errlen)
+{
+    size_t total = 0, used = 0, i, pi = 0, words = 0;
+    const char *p;
+    char *bytes;
+    int in_word = 0;
+
+    out->argc = 0;
+    out->buf = NULL;
+    out->argv = NULL;
+    out->argvlen = NULL;
+    for (p = query; *p != '\0'; p++) {
+        if (ds_space(*p)) {
+            in_word = 0;
+        } else if (!in_word) {
+            in_word = 1;
+            words++;
+        }
+    }
+    if (words == 0) {
+        snprintf(err, errlen, "empty query");
+        return -EINVAL;
+    }
+    if (words > DS_ARGS_MAX) {
+        snprintf(err, errlen, "more than %d words in the query",
+                 DS_ARGS_MAX);
+        return -EINVAL;
+    }
+    /* An upper bound of the bytes needed: the query plus every param. */
+    for (i = 0; i < param_count; i++)
+        total += param_lens[i];
+    total += (size_t)(p - query);
+    if (total > DS_CMD_BYTES_MAX) {
+        snprintf(err, errlen, "query and parameters exceed %u bytes",
+                 DS_CMD_BYTES_MAX);
+        return -EINVAL;
+    }
+    ds_argv_init(out, (int)words, total);
+    bytes = (char *)(out->argvlen + words);
+    p = query;
+    for (;;) {
+        const char *ws;
+        size_t start = used;
+
+        while (*p != '\0' && ds_space(*p))
+            p++;
+        if (*p == '\0')
+            break;
+        ws = p;
+        while (*p != '\0' && !ds_space(*p))
+            p++;
+        for (; ws < p; ws++) {
+            if (*ws != '?') {
+                bytes[used++] = *ws;
+                continue;
+            }
+            if (pi == param_count) {
+                snprintf(err, errlen, "the query has more ? than the %zu "
+                         "parameters given", param_count);
+                goto fail;
+            }
+            memcpy(bytes + used, params[pi], param_lens[pi]);
+            used += param_lens[pi];
+            pi++;
+        }
+        ASSERT((size_t)out->argc < words);
+        out->argv[out->argc] = bytes + start;
+        out->argvlen[out->argc] = used - start;
+        out->argc++;
+    }
+    if (pi != param_count) {
+        snprintf(err, errlen, "%zu parameters given, the query uses %zu",
+                 param_count, pi);
+        goto fail;
+    }
+    return 0;
+fail:
+    ds_argv_fini(out);
+    return -EINVAL;
 }
 
 

@@ -12,7 +12,9 @@
  *   int  ds_query_split(const char *query, const char *const *params,
  *                       const size_t *param_lens, size_t param_count,
  *                       struct ds_argv *out, char *err, size_t errlen);
- *   void ds_argv_fini(struct ds_argv *av);
+ *   void ds_argv_init(struct ds_argv *av, int argc_max, size_t bytes);
+ *   void ds_argv_init(struct ds_argv *av, int argc_max, size_t bytes);
+void ds_argv_fini(struct ds_argv *av);
  *   size_t ds_cache_key(const struct ds_argv *av, char **key);
  * DESCRIPTION
  *   datasources_create() makes, for each Datasource of c, its Redis client
@@ -28,6 +30,9 @@
  *   argument, sent as its own bulk string. Fewer or more parameters than
  *   "?" marks, an empty query, more than DS_ARGS_MAX arguments or
  *   DS_CMD_BYTES_MAX bytes are errors (-EINVAL with err set).
+ *
+ *   ds_argv_init() makes room for argc_max arguments of bytes in all
+ *   (argc 0, one allocation); ds_argv_fini() frees it.
  *
  *   ds_cache_key() encodes the arguments (each length-prefixed, so no two
  *   different commands share a key) into a malloc'd key.
@@ -69,9 +74,10 @@ struct datasources {
 
 struct ds_argv {
     int argc;
-    const char *argv[DS_ARGS_MAX];
-    size_t argvlen[DS_ARGS_MAX];
-    char *buf;                   /* the arguments' bytes */
+    const char **argv;           /* into buf */
+    size_t *argvlen;             /* into buf */
+    char *buf;                   /* one allocation: the arrays, then the
+                                  * arguments' bytes */
 };
 
 struct datasources *datasources_create(struct loop *lp, const struct conf *c,
@@ -81,6 +87,7 @@ void datasources_destroy(struct datasources *dss);
 int ds_query_split(const char *query, const char *const *params,
                    const size_t *param_lens, size_t param_count,
                    struct ds_argv *out, char *err, size_t errlen);
+void ds_argv_init(struct ds_argv *av, int argc_max, size_t bytes);
 void ds_argv_fini(struct ds_argv *av);
 size_t ds_cache_key(const struct ds_argv *av, char **key);
 

@@ -412,6 +412,7 @@ db_command(lua_State *L)
     dc->kind = DB_COMMAND;
     dc->hit_ref = LUA_NOREF;
     /* The strings live on L's stack until the yield: redis copies them. */
+    ds_argv_init(&dc->av, top - 1, 0);
     for (i = 2; i <= top; i++) {
         dc->av.argv[dc->av.argc] = lua_tolstring(L, i,
                                                  &dc->av.argvlen[dc->av.argc]);
@@ -420,7 +421,7 @@ db_command(lua_State *L)
     r->waiting = POLICY_WAIT_REDIS;
     redis_command(ds->rd, dc->av.argc, dc->av.argv, dc->av.argvlen,
                   db_reply, dc);
-    dc->av.argc = 0;             /* they pointed into L's stack */
+    ds_argv_fini(&dc->av);       /* it pointed into L's stack */
     return lua_yield(L, 0);
 }
 
