@@ -46,8 +46,9 @@ def free_port():
 class Redis:
     """A redis-server on 127.0.0.1:port, no persistence, stopped by PID."""
 
-    def __init__(self, port=None):
+    def __init__(self, port=None, password=None):
         self.port = port or free_port()
+        self.password = password
         self.dir = tempfile.mkdtemp(prefix="ringmail-redis-")
         self.proc = None
 
@@ -55,7 +56,8 @@ class Redis:
         self.proc = subprocess.Popen(
             [REDIS_SERVER, "--bind", "127.0.0.1", "--port", str(self.port),
              "--save", "", "--appendonly", "no", "--dir", self.dir,
-             "--daemonize", "no"],
+             "--daemonize", "no"] +
+            (["--requirepass", self.password] if self.password else []),
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             preexec_fn=lambda: harness._child_setup())
         deadline = time.monotonic() + t(10)
@@ -90,11 +92,17 @@ class Redis:
         os.kill(self.proc.pid, sig)
 
     # a minimal RESP client: every argument a bulk string
-    def cmd(self, *args):
+    def cmd(self, *args, db=0):
         with socket.create_connection(("127.0.0.1", self.port),
                                       timeout=t(5)) as s:
-            s.sendall(self._encode(args))
             f = s.makefile("rb")
+            if self.password:
+                s.sendall(self._encode(("AUTH", self.password)))
+                self._read(f)
+            if db:
+                s.sendall(self._encode(("SELECT", db)))
+                self._read(f)
+            s.sendall(self._encode(args))
             return self._read(f)
 
     @staticmethod
@@ -225,19 +233,19 @@ msys.registerModule("rtest", mod)
 
 
 def policy_conf(redis_port, shards=2, ds_extra="", suppression=True,
-                test_module=True):
+                test_module=True, db=0):
     scripts = ['  script "boot" { source = "msys.boot" }']
     if suppression:
         scripts.append('  script "suppression" '
                        '{ source = "scripts.suppression" }')
     if test_module:
         scripts.append('  script "rtest" { source = "scripts.rtest" }')
-    extra = ('Datasource "r" {\n  uri = ( "redis://127.0.0.1:%d/0" )\n%s}\n'
-             'Datasource "redis" {\n  uri = ( "redis://127.0.0.1:%d/0" )\n'
+    extra = ('Datasource "r" {\n  uri = ( "redis://127.0.0.1:%d/%d" )\n%s}\n'
+             'Datasource "redis" {\n  uri = ( "redis://127.0.0.1:%d/%d" )\n'
              '%s}\n'
              'Binding "acme-pool" { }\n'
              'scriptlet "scriptlet" {\n%s\n}\n'
-             % (redis_port, ds_extra, redis_port, ds_extra,
+             % (redis_port, db, ds_extra, redis_port, db, ds_extra,
                 "\n".join(scripts)))
     return harness.conf(shards=shards, extra=extra)
 
@@ -385,7 +393,7 @@ class RedisTest(harness.DaemonTest):
         self.assertNotIn("cmdstat_del", info)
 
     def test_concurrent_pipelining(self):
-        d = self.daemon()
+        d = self.daemon(ds_extra="  connections = 2\n")
         for i in range(0, 400, 3):
             self.redis.cmd("SADD", "suppressed", "r%d@t.test" % i)
         errors = []
@@ -428,6 +436,27 @@ class RedisTest(harness.DaemonTest):
             sends += int(m.group(2))
         self.assertGreaterEqual(cmds, sessions * rcpts)
         self.assertLess(sends, cmds)
+
+    def test_password_and_db(self):
+        self.redis.cleanup()
+        self.redis = Redis(password="s3cret pass").start()
+        self.addCleanup(self.redis.cleanup)
+        d = self.daemon(ds_extra='  password = "s3cret pass"\n', db=2)
+        c = self.session(d)
+        self.assertEqual(self.value(c, "inject+6b31@t.test"), "injected")
+        self.assertEqual(self.redis.cmd("GET", "k1", db=2), b"injected")
+        self.assertIsNone(self.redis.cmd("GET", "k1"))
+
+    def test_wrong_password(self):
+        self.redis.cleanup()
+        self.redis = Redis(password="right").start()
+        self.addCleanup(self.redis.cleanup)
+        d = self.daemon(shards=1, ds_extra='  password = "wrong"\n',
+                        test_module=False)
+        r, dt = self.rcpt_timed(d, "x@t.test")
+        self.assertReply(r, 451, "4.3.0")
+        self.assertLess(dt, t(1.0))
+        self.wait_log(d, "AUTH/SELECT refused", t(5))
 
     # --- outages ------------------------------------------------------------
 
