@@ -19,7 +19,10 @@ command count from the paniclog over the run's time, divided by shards);
 and the latency a lookup adds: one session sends RCPTs one at a time
 (--latency-rcpts of them) to each configuration, and the median and p99
 RCPT round trip of `lookup` minus that of `callout`. The issue's target:
-at most 15% throughput loss.
+at most 15% throughput loss. After each round a capacity probe: one
+shard, --capacity-sessions sessions whose RCPT callouts each do --burst
+lookups: the lookups per second one shard sustains and its CPU per
+lookup.
 """
 
 import argparse
@@ -60,6 +63,24 @@ function mod:validate_rcptto(msg, str, accept, vctx)
   if row ~= nil and row[1] == 1 then
     vctx:set_code(550, "5.7.1 suppressed")
     return msys.core.VALIDATE_DONE
+  end
+  return msys.core.VALIDATE_CONT
+end
+msys.registerModule("bench_redis", mod)
+"""
+
+BURST_LUA = """\
+local mod = {}
+local N = %d
+function mod:validate_rcptto(msg, str, accept, vctx)
+  local a = (str:match("<([^>]*)>") or str):lower()
+  for i = 1, N do
+    local row, err = msys.db.fetch_row("bench", "SISMEMBER suppressed ?",
+                                       { a .. i }, { nocache = true })
+    if row == nil and err ~= nil then
+      vctx:set_code(451, "4.3.0 lookup failed: " .. err)
+      return msys.core.VALIDATE_DONE
+    end
   end
   return msys.core.VALIDATE_CONT
 end
@@ -108,7 +129,7 @@ class RedisServer:
 class RedisRingmaild(relay.RelayRingmaild):
     def __init__(self, run_dir, sink_port, variant, redis_port, shards="auto"):
         super().__init__(run_dir, sink_port, shards=shards)
-        lua = VARIANTS[variant]
+        lua = VARIANTS.get(variant, variant)
         if lua is None:
             return
         with open(os.path.join(run_dir, "bench_redis.lua"), "w") as f:
@@ -223,6 +244,85 @@ def one_run(variant, args, redis):
     return rec
 
 
+def capacity_run(args, redis):
+    """One shard, many sessions, each RCPT's callout doing --burst lookups
+    one after the other: how many lookups per second one shard sustains
+    when lookups are all it does (the sessions' commands pipeline)."""
+    rec = {"burst": args.burst, "sessions": args.capacity_sessions,
+           "rcpts_per_session": args.capacity_rcpts}
+    run_dir = lib.make_run_dir("redis-capacity")
+    mta = None
+    try:
+        os.makedirs(os.path.join(run_dir, "ringmail"))
+        mta = RedisRingmaild(os.path.join(run_dir, "ringmail"), 1, BURST_LUA % args.burst,
+                             redis.port, shards=1)
+        mta.start()
+        time.sleep(0.3)
+        errors = []
+
+        def session(n):
+            try:
+                with socket.create_connection(("127.0.0.1", mta.port), timeout=120) as s:
+                    f = s.makefile("rb")
+
+                    def reply():
+                        while True:
+                            line = f.readline()
+                            if not line:
+                                raise RuntimeError("closed")
+                            if line[3:4] != b"-":
+                                return line
+                    reply()
+                    s.sendall(b"EHLO bench.test\r\nMAIL FROM:<a@client.test>\r\n")
+                    reply()
+                    reply()
+                    s.sendall(b"".join(b"RCPT TO:<r%d.%d@dest.test>\r\n" % (n, k)
+                                       for k in range(args.capacity_rcpts)))
+                    for _ in range(args.capacity_rcpts):
+                        r = reply()
+                        if not r.startswith(b"250"):
+                            errors.append(r)
+                    s.sendall(b"QUIT\r\n")
+            except Exception as e:  # noqa: BLE001
+                errors.append(repr(e))
+
+        import threading
+        th = [threading.Thread(target=session, args=(n,)) for n in range(args.capacity_sessions)]
+        cpu0 = lib.ticks_to_us(mta.cpu_ticks())
+        r0 = redis.cpu_ticks()
+        t0 = time.monotonic()
+        for x in th:
+            x.start()
+        for x in th:
+            x.join(300)
+        wall = time.monotonic() - t0
+        cpu = lib.ticks_to_us(mta.cpu_ticks()) - cpu0
+        rcpu = lib.ticks_to_us(redis.cpu_ticks() - r0)
+        mta.stop()
+        log = open(os.path.join(mta.dir, "log", "paniclog"), errors="replace").read()
+        m = CMD_RE.findall(log)
+        lookups = sum(int(x[0]) for x in m)
+        sends = sum(int(x[4]) for x in m)
+        rec.update({"wall_s": wall, "lookups": lookups, "errors": errors[:5],
+                    "lookups_per_s": lookups / wall, "mta_cpu_us_per_lookup": cpu / max(lookups, 1),
+                    "redis_cpu_us_per_lookup": rcpu / max(lookups, 1),
+                    "commands_per_send": lookups / max(sends, 1),
+                    "timeouts": sum(int(x[2]) for x in m)})
+        rec["ok"] = not errors and lookups >= args.burst * args.capacity_sessions * args.capacity_rcpts
+        mta = None
+    except Exception as e:  # record and go on
+        rec["ok"] = False
+        rec["error"] = "%s: %s" % (type(e).__name__, e)
+    finally:
+        if mta is not None:
+            mta.kill()
+        if rec.get("ok") and not args.keep:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        else:
+            rec["run_dir"] = run_dir
+    return rec
+
+
 def paired(runs, a, b, key, op):
     out = []
     for rnd in sorted({r["round"] for r in runs}):
@@ -243,6 +343,12 @@ def main(argv):
     ap.add_argument("--shards", default="auto", help="ringmaild Shards (default auto)")
     ap.add_argument("--latency-rcpts", type=int, default=2000,
                     help="sequential RCPTs of the latency probe (default 2000)")
+    ap.add_argument("--burst", type=int, default=50,
+                    help="capacity probe: lookups per RCPT callout (default 50)")
+    ap.add_argument("--capacity-sessions", type=int, default=50,
+                    help="capacity probe: concurrent sessions (default 50)")
+    ap.add_argument("--capacity-rcpts", type=int, default=20,
+                    help="capacity probe: RCPTs per session (default 20)")
     ap.add_argument("--timeout", type=int, default=300, help="seconds per run (default 300)")
     ap.add_argument("--keep", action="store_true", help="keep run directories")
     ap.add_argument("--no-record", action="store_true", help="write neither results/*.json nor RESULTS.md")
@@ -251,6 +357,7 @@ def main(argv):
     if REDIS_SERVER is None:
         raise SystemExit("bench: redis-server not found")
 
+    load0 = open("/proc/loadavg").read().split()[:3]
     machine = lib.machine_info()
     cmdline = "bench/run redis" + "".join(" " + a for a in argv)
     names = list(VARIANTS)
@@ -259,6 +366,7 @@ def main(argv):
     rdir = lib.make_run_dir("redis-server")
     redis = RedisServer(rdir)
     runs = []
+    caps = []
     try:
         for rnd in range(args.runs):
             k = rnd % len(names)
@@ -271,6 +379,14 @@ def main(argv):
                         rec["msgs_per_s"], rec["mta_cpu_us_per_msg"], rec["rcpt_rtt_us_median"]))
                     if rec.get("ok") else "FAILED: %s" % (rec.get("error") or
                                                          rec.get("daemon_stderr_tail", "")[-300:])))
+            cap = capacity_run(args, redis)
+            cap["round"] = rnd
+            caps.append(cap)
+            lib.log("[round %d] capacity %s" % (rnd + 1, (
+                "%.0f lookups/s on one shard, %.1f us ringmaild CPU per lookup, "
+                "%.1f commands per send" % (cap["lookups_per_s"], cap["mta_cpu_us_per_lookup"],
+                                            cap["commands_per_send"]))
+                if cap.get("ok") else "FAILED: %s" % (cap.get("error") or cap.get("errors"))))
     finally:
         redis.stop()
         shutil.rmtree(rdir, ignore_errors=True)
@@ -310,7 +426,14 @@ def main(argv):
         "| latency a lookup adds to RCPT, median (µs) | %s |" % lib.fmt_stat(add_lat),
         "| latency a lookup adds to RCPT, p99 (µs) | %s |" % lib.fmt_stat(add_p99),
         "| ringmaild CPU a lookup adds (µs/msg) | %s |" % lib.fmt_stat(add_cpu, "%.1f"),
-        "| commands per send (pipelining) | %s |" % lib.fmt_stat(batch, "%.2f"),
+        "| commands per send (pipelining), relay | %s |" % lib.fmt_stat(batch, "%.2f"),
+        "| capacity: lookups/s on one shard (%d sessions, %d lookups per RCPT) | %s |" % (
+            args.capacity_sessions, args.burst,
+            lib.fmt_stat(lib.stat3([c["lookups_per_s"] for c in caps if c.get("ok")]))),
+        "| capacity: ringmaild CPU per lookup (µs) | %s |" % lib.fmt_stat(
+            lib.stat3([c["mta_cpu_us_per_lookup"] for c in caps if c.get("ok")]), "%.1f"),
+        "| capacity: commands per send | %s |" % lib.fmt_stat(
+            lib.stat3([c["commands_per_send"] for c in caps if c.get("ok")]), "%.1f"),
         "| redis-server CPU per lookup (µs) | %s |" % lib.fmt_stat(rcpu, "%.1f"),
     ]
     tab = "\n".join(lines) + "\n\n" + "\n".join(summary)
@@ -325,7 +448,7 @@ def main(argv):
     if args.no_record:
         return 0
     data = {"scenario": "redis", "command": cmdline, "machine": machine, "rows": rows,
-            "runs": runs, "verdict": verdict,
+            "runs": runs, "capacity_runs": caps, "verdict": verdict,
             "summary": {"vs_none": vs_none, "vs_callout": vs_callout, "lookups_per_s_per_shard": lps,
                         "added_latency_us_median": add_lat, "added_latency_us_p99": add_p99,
                         "added_cpu_us_per_msg": add_cpu, "commands_per_send": batch}}
@@ -339,8 +462,11 @@ def main(argv):
           "of %d bytes per run, relayed to bench/ringsink; redis-server 127.0.0.1 on the same "
           "machine (no persistence); %d interleaved rounds; median (min–max). Ratios and "
           "differences are paired per round. Latency: one session, %d RCPTs one at a time, "
-          "after each relay run." % (args.sessions, args.messages, args.size, args.runs,
-                                    args.latency_rcpts),
+          "after each relay run. Capacity: after each round, one shard, %d sessions each "
+          "pipelining %d RCPTs whose callout does %d lookups one after another (only the "
+          "sessions' concurrency pipelines). Load average before the run: %s."
+          % (args.sessions, args.messages, args.size, args.runs, args.latency_rcpts,
+             args.capacity_sessions, args.capacity_rcpts, args.burst, " ".join(load0)),
           "", tab, "", verdict, "", "Raw runs: `%s`." % os.path.relpath(path, os.path.dirname(HERE))]
     if warn:
         md += ["", warn]
