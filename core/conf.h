@@ -54,6 +54,11 @@
  *   global one: conf_binding_gateway(), conf_binding_max_outbound_
  *   connections() and conf_binding_throttle() return the binding's value
  *   where the binding sets the option, else the domain's.
+ *
+ *   Datasource "name" { uri = ( "redis://..." ) } scopes (struct
+ *   conf_datasource, in file order) describe the Redis servers policy
+ *   reads; conf_redis_uri_parse() reads one uri, accepting only address
+ *   literals so that no shard ever resolves a name (docs/redis.md).
  * OWNERSHIP
  *   A struct conf is one configuration generation: immutable once loaded,
  *   owned by the main thread, read by every shard, freed by conf_free() when
