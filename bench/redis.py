@@ -343,8 +343,8 @@ def main(argv):
     ap.add_argument("--shards", default="auto", help="ringmaild Shards (default auto)")
     ap.add_argument("--latency-rcpts", type=int, default=2000,
                     help="sequential RCPTs of the latency probe (default 2000)")
-    ap.add_argument("--burst", type=int, default=50,
-                    help="capacity probe: lookups per RCPT callout (default 50)")
+    ap.add_argument("--burst", type=int, default=200,
+                    help="capacity probe: lookups per RCPT callout (default 200)")
     ap.add_argument("--capacity-sessions", type=int, default=50,
                     help="capacity probe: concurrent sessions (default 50)")
     ap.add_argument("--capacity-rcpts", type=int, default=20,
