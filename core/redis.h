@@ -61,6 +61,7 @@
  *   Replies are parsed by hiredis' reader (protocol errors close the
  *   connection); commands are built only by redisFormatCommandArgv().
  * SEE ALSO
+ *   redis_int.h (redis.c: requests, breaker; redis_conn.c: a connection),
  *   datasource.h, lualib_db.c, docs/redis.md
  */
 #ifndef RINGMAIL_REDIS_H
