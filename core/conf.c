@@ -60,6 +60,7 @@ enum conf_scope_bit {
     CONF_SCOPE_SCRIPTLET = 1u << 5,
     CONF_SCOPE_SCRIPT = 1u << 6,
     CONF_SCOPE_ALERTING = 1u << 7,
+    CONF_SCOPE_DATASOURCE = 1u << 8,
 };
 
 #define CONF_NAMESERVERS_MAX 16
@@ -127,10 +128,10 @@ static conf_set_fn conf_set_path, conf_set_hostname, conf_set_uint,
     conf_set_auto_uint, conf_set_size, conf_set_duration, conf_set_cidrs,
     conf_set_gateway, conf_set_throttle, conf_set_retries,
     conf_set_nameservers, conf_set_address, conf_set_mailbox,
-    conf_set_string, conf_set_bool, conf_set_paths;
+    conf_set_string, conf_set_bool, conf_set_paths, conf_set_redis_uris;
 static conf_enter_fn conf_esmtp_listener_enter, conf_listen_enter,
     conf_domain_enter, conf_binding_enter, conf_scriptlet_enter,
-    conf_script_enter, conf_alerting_enter;
+    conf_script_enter, conf_alerting_enter, conf_datasource_enter;
 static conf_leave_fn conf_esmtp_listener_leave;
 static conf_set_fn conf_set_string, conf_set_user;
 static conf_enter_fn conf_ops_listener_enter, conf_control_listen_enter,
@@ -147,6 +148,8 @@ static conf_enter_fn conf_ops_listener_enter, conf_control_listen_enter,
 #define SCRIPTLET CONF_SCOPE_SCRIPTLET
 #define SL(field) offsetof(struct conf_scriptlet, field)
 #define SC(field) offsetof(struct conf_script, field)
+#define DATASOURCE CONF_SCOPE_DATASOURCE
+#define DS(field) offsetof(struct conf_datasource, field)
 
 static const struct conf_directive conf_directives[] = {
     { "Spool_Base", GLOBAL, conf_set_path, C(spool_base), 0, 0, 0,
@@ -230,6 +233,30 @@ static const struct conf_directive conf_directives[] = {
       SL(search_path_count), 0, 64, NULL, 0 },
     { "source", CONF_SCOPE_SCRIPT, conf_set_string, SC(source), 0, 1, 4096,
       NULL, 0 },
+    { "uri", DATASOURCE, conf_set_redis_uris, DS(uris), DS(uri_count), 1,
+      16, NULL, 0 },
+    { "cache_life", DATASOURCE, conf_set_duration, DS(cache_life_ms), 0, 0,
+      30 * DAY, "0", 0 },
+    { "cache_size", DATASOURCE, conf_set_uint, DS(cache_size), 0, 0,
+      10000000, "1000", 0 },
+    { "connect_timeout", DATASOURCE, conf_set_duration,
+      DS(connect_timeout_ms), 0, 1, 60 * SEC, "200ms", 0 },
+    { "timeout", DATASOURCE, conf_set_duration, DS(timeout_ms), 0, 1,
+      60 * SEC, "200ms", 0 },
+    { "connections", DATASOURCE, conf_set_uint, DS(connections), 0, 1, 64,
+      "1", 0 },
+    { "max_pending", DATASOURCE, conf_set_uint, DS(max_pending), 0, 1,
+      100000, "1000", 0 },
+    { "password", DATASOURCE, conf_set_string, DS(password), 0, 1, 512,
+      NULL, 0 },
+    { "reconnect_backoff_min", DATASOURCE, conf_set_duration,
+      DS(reconnect_min_ms), 0, 1, 60 * SEC, "100ms", 0 },
+    { "reconnect_backoff_max", DATASOURCE, conf_set_duration,
+      DS(reconnect_max_ms), 0, 1, 1 * HOUR, "5s", 0 },
+    { "breaker_failures", DATASOURCE, conf_set_uint, DS(breaker_failures),
+      0, 1, 1000000, "5", 0 },
+    { "breaker_probe_interval", DATASOURCE, conf_set_duration,
+      DS(breaker_probe_ms), 0, 10, 1 * HOUR, "1s", 0 },
 };
 
 static const struct conf_scope conf_scopes[] = {
@@ -261,6 +288,9 @@ static const struct conf_scope conf_scopes[] = {
       NULL, 0, 0 },
     { "alerting", CONF_SCOPE_ALERTING, GLOBAL, CONF_INSTANCE_NONE, NULL,
       conf_alerting_enter, NULL, 0, 0 },
+    { "Datasource", CONF_SCOPE_DATASOURCE, GLOBAL, CONF_INSTANCE_REQUIRED,
+      "Datasource \"name\" { uri = ( \"redis://127.0.0.1:6379/0\" ) }",
+      conf_datasource_enter, NULL, 0, 0 },
 };
 
 #undef GLOBAL
@@ -1981,6 +2011,207 @@ conf_alerting_enter(struct conf_ctx *ctx, const struct conf_node *n,
 }
 
 
+/* conf_datasource_enter - Datasource "name" { uri = ( "redis://..." ) } */
+static void *
+conf_datasource_enter(struct conf_ctx *ctx, const struct conf_node *n,
+                      void *parent)
+{
+    struct conf *c = parent;
+    struct conf_datasource *ds;
+    size_t i, len = strlen(n->instance);
+
+    if (len == 0 || len > 255) {
+        conf_errors_add(ctx->errs, n->file, n->line,
+                        "bad Datasource name '%s': expected 1 to 255 "
+                        "characters", n->instance);
+        return NULL;
+    }
+    for (i = 0; i < c->datasource_count; i++) {
+        if (strcmp(c->datasources[i].name, n->instance) == 0) {
+            conf_errors_add(ctx->errs, n->file, n->line,
+                            "Datasource '%s' is already defined at line %d",
+                            n->instance, c->datasources[i].line);
+            return NULL;
+        }
+    }
+    c->datasources = conf_grow(c->datasources, c->datasource_count,
+                               sizeof *c->datasources);
+    ds = &c->datasources[c->datasource_count++];
+    memset(ds, 0, sizeof *ds);
+    ds->name = xstrdup(n->instance);
+    ds->file = c->path;
+    ds->line = n->line;
+    return ds;
+}
+
+
+/* conf_redis_uri_fini - free what conf_redis_uri_parse() allocated */
+void
+conf_redis_uri_fini(struct conf_redis_uri *u)
+{
+    free(u->text);
+    free(u->password);
+    memset(u, 0, sizeof *u);
+}
+
+
+/*
+ * conf_redis_uri_parse - redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]; HOST
+ * is an IPv4 literal, [IPv6] or localhost (127.0.0.1): a shard must never
+ * resolve a name with a blocking call. 0 or -EINVAL.
+ */
+int
+conf_redis_uri_parse(const char *s, struct conf_redis_uri *out)
+{
+    char host[INET6_ADDRSTRLEN + 2];
+    const char *p, *at, *hs, *he, *slash;
+    uint64_t port = 6379, db = 0;
+    size_t hl;
+
+    memset(out, 0, sizeof *out);
+    if (strncasecmp(s, "redis://", 8) != 0)
+        return -EINVAL;
+    p = s + 8;
+    slash = strchr(p, '/');
+    at = memchr(p, '@', slash != NULL ? (size_t)(slash - p) : strlen(p));
+    if (at != NULL) {
+        const char *colon = memchr(p, ':', (size_t)(at - p));
+
+        if (colon == NULL || at == colon + 1)
+            return -EINVAL;
+        out->password = strndup(colon + 1, (size_t)(at - colon - 1));
+        p = at + 1;
+    }
+    hs = p;
+    if (*hs == '[') {
+        he = strchr(hs, ']');
+        if (he == NULL)
+            goto fail;
+        hs++;
+        p = he + 1;
+    } else {
+        he = hs + strcspn(hs, ":/");
+        p = he;
+    }
+    hl = (size_t)(he - hs);
+    if (hl == 0 || hl >= sizeof host)
+        goto fail;
+    memcpy(host, hs, hl);
+    host[hl] = '\0';
+    if (*p == ':') {
+        char num[8];
+        size_t nl = strcspn(p + 1, "/");
+
+        if (nl == 0 || nl >= sizeof num)
+            goto fail;
+        memcpy(num, p + 1, nl);
+        num[nl] = '\0';
+        if (conf_uint_from_str(num, &port) < 0 || port < 1 || port > 65535)
+            goto fail;
+        p += 1 + nl;
+    }
+    if (*p == '/' && p[1] != '\0') {
+        if (conf_uint_from_str(p + 1, &db) < 0 || db > 65535)
+            goto fail;
+    } else if (*p != '\0' && strcmp(p, "/") != 0) {
+        goto fail;
+    }
+    if (strcasecmp(host, "localhost") == 0)
+        strcpy(host, "127.0.0.1");
+    {
+        struct sockaddr_in *sin = (struct sockaddr_in *)&out->addr;
+        struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&out->addr;
+
+        if (inet_pton(AF_INET, host, &sin->sin_addr) == 1) {
+            sin->sin_family = AF_INET;
+            sin->sin_port = htons((uint16_t)port);
+            out->addr_len = sizeof *sin;
+        } else if (inet_pton(AF_INET6, host, &sin6->sin6_addr) == 1) {
+            sin6->sin6_family = AF_INET6;
+            sin6->sin6_port = htons((uint16_t)port);
+            out->addr_len = sizeof *sin6;
+        } else {
+            goto fail;
+        }
+    }
+    out->db = (unsigned)db;
+    {
+        char buf[512];
+
+        snprintf(buf, sizeof buf, "redis://%s%s%s%s:%u/%u",
+                 out->password != NULL ? ":***@" : "",
+                 out->addr.ss_family == AF_INET6 ? "[" : "", host,
+                 out->addr.ss_family == AF_INET6 ? "]" : "",
+                 (unsigned)port, out->db);
+        out->text = xstrdup(buf);
+    }
+    return 0;
+fail:
+    conf_redis_uri_fini(out);
+    return -EINVAL;
+}
+
+
+/* conf_set_redis_uris - uri = ( "redis://..." ... ): 1 to d->max of them */
+static int
+conf_set_redis_uris(struct conf_ctx *ctx, const struct conf_directive *d,
+                    const struct conf_node *n, void *base)
+{
+    struct conf_datasource *ds = base;
+    char *const *items;
+    size_t i, item_count = conf_items(n, &items);
+    struct conf_redis_uri *v;
+
+    if (item_count < d->min || item_count > d->max) {
+        conf_errors_add(ctx->errs, n->file, n->line,
+                        "option '%s' takes 1 to %llu uris", d->name,
+                        (unsigned long long)d->max);
+        return -EINVAL;
+    }
+    v = xcalloc(item_count, sizeof *v);
+    for (i = 0; i < item_count; i++) {
+        if (conf_redis_uri_parse(items[i], &v[i]) < 0) {
+            conf_errors_add(ctx->errs, n->file, n->line,
+                            "option '%s': bad uri '%s': expected "
+                            "redis://[:PASSWORD@]ADDRESS[:PORT][/DB] with "
+                            "an IP address (or localhost), as in "
+                            "redis://127.0.0.1:6379/0", d->name, items[i]);
+            while (i-- > 0)
+                conf_redis_uri_fini(&v[i]);
+            free(v);
+            return -EINVAL;
+        }
+    }
+    for (i = 0; i < ds->uri_count; i++)
+        conf_redis_uri_fini(&ds->uris[i]);
+    free(ds->uris);
+    ds->uris = v;
+    ds->uri_count = item_count;
+    return 0;
+}
+
+
+/* conf_datasource_check - after the file: every Datasource has a uri */
+static void
+conf_datasource_check(struct conf_ctx *ctx)
+{
+    size_t i;
+
+    for (i = 0; i < ctx->c->datasource_count; i++) {
+        struct conf_datasource *ds = &ctx->c->datasources[i];
+
+        if (ds->uri_count == 0)
+            conf_errors_add(ctx->errs, ds->file, ds->line,
+                            "Datasource '%s' has no uri (write uri = ( "
+                            "\"redis://127.0.0.1:6379/0\" ))", ds->name);
+        if (ds->reconnect_min_ms > ds->reconnect_max_ms)
+            conf_errors_add(ctx->errs, ds->file, ds->line,
+                            "Datasource '%s': reconnect_backoff_min is "
+                            "above reconnect_backoff_max", ds->name);
+    }
+}
+
+
 /* conf_scriptlet_check - after the file: every script has a source */
 static void
 conf_scriptlet_check(struct conf_ctx *ctx)
@@ -2360,6 +2591,7 @@ conf_load(const char *path, struct conf_errors *errs)
     conf_throttles_number(c);
     conf_scriptlet_check(&ctx);
     conf_ops_finish(&ctx);
+    conf_datasource_check(&ctx);
 
 out:
     conf_node_free(root);
@@ -2414,6 +2646,16 @@ conf_free(struct conf *c)
         free(c->scriptlet.search_path[i]);
     free(c->scriptlet.search_path);
     free(c->scriptlet.instance);
+    for (i = 0; i < c->datasource_count; i++) {
+        struct conf_datasource *ds = &c->datasources[i];
+
+        for (j = 0; j < ds->uri_count; j++)
+            conf_redis_uri_fini(&ds->uris[j]);
+        free(ds->uris);
+        free(ds->password);
+        free(ds->name);
+    }
+    free(c->datasources);
     for (i = 0; i < c->nameserver_count; i++)
         free(c->nameservers[i].text);
     free(c->nameservers);

@@ -25,6 +25,7 @@
  *       const struct conf_binding *b, const struct conf_domain *d);
  *   const struct conf_throttle *conf_binding_throttle(
  *       const struct conf_binding *b, const struct conf_domain *d);
+ *   int  conf_redis_uri_parse(const char *s, struct conf_redis_uri *out);
  * DESCRIPTION
  *   conf_load() parses the file in two steps: conf_parse.h turns the text
  *   into a tree of scopes and options (syntax errors carry file:line), then
@@ -53,6 +54,11 @@
  *   global one: conf_binding_gateway(), conf_binding_max_outbound_
  *   connections() and conf_binding_throttle() return the binding's value
  *   where the binding sets the option, else the domain's.
+ *
+ *   Datasource "name" { uri = ( "redis://..." ) } scopes (struct
+ *   conf_datasource, in file order) describe the Redis servers policy
+ *   reads; conf_redis_uri_parse() reads one uri, accepting only address
+ *   literals so that no shard ever resolves a name (docs/redis.md).
  * OWNERSHIP
  *   A struct conf is one configuration generation: immutable once loaded,
  *   owned by the main thread, read by every shard, freed by conf_free() when
@@ -212,6 +218,42 @@ struct conf_scriptlet {
     size_t script_count;
 };
 
+/* One uri of a Datasource: redis://[:PASSWORD@]HOST[:PORT][/DB]. */
+struct conf_redis_uri {
+    char *text;                  /* as written, password masked, for logs */
+    struct sockaddr_storage addr;/* HOST as an address literal, with PORT
+                                  * (default 6379); never a name to resolve */
+    socklen_t addr_len;
+    unsigned db;                 /* /DB, default 0: SELECTed when not 0 */
+    char *password;              /* from the uri, or NULL */
+};
+
+/*
+ * Datasource "name" { uri = ( "redis://127.0.0.1:6379/0" ) ... }: a Redis
+ * server that msys.db and msys.redis reach. Each shard opens its own
+ * connections. Several uris: tried in turn when a connect fails.
+ * Durations in ms. See docs/redis.md.
+ */
+struct conf_datasource {
+    char *name;                  /* case-sensitive, as msys.db names it */
+    const char *file;            /* struct conf's path */
+    int line;
+    struct conf_redis_uri *uris; /* uri, at least one */
+    size_t uri_count;
+    unsigned cache_life_ms;      /* cache_life, 0: no caching */
+    unsigned cache_size;         /* cache_size, 1000 results per shard */
+    unsigned connect_timeout_ms; /* connect_timeout, 200ms */
+    unsigned timeout_ms;         /* timeout: per command, 200ms */
+    unsigned connections;        /* connections per shard, 1 */
+    unsigned max_pending;        /* commands in flight per connection,
+                                  * 1000 */
+    char *password;              /* password: AUTH, overrides the uri's */
+    unsigned reconnect_min_ms;   /* reconnect_backoff_min, 100ms */
+    unsigned reconnect_max_ms;   /* reconnect_backoff_max, 5s */
+    unsigned breaker_failures;   /* breaker_failures: consecutive, 5 */
+    unsigned breaker_probe_ms;   /* breaker_probe_interval, 1s */
+};
+
 struct conf {
     char *path;                  /* the file loaded */
     char *dir;                   /* its directory: base of relative paths */
@@ -262,6 +304,9 @@ struct conf {
     unsigned throttle_bucket_count;  /* >= 1: see struct conf_throttle */
 
     struct conf_scriptlet scriptlet; /* Lua policy */
+    struct conf_datasource *datasources;    /* Datasource scopes, in file
+                                             * order */
+    size_t datasource_count;
 };
 
 struct conf_error {
@@ -301,5 +346,7 @@ unsigned conf_binding_max_outbound_connections(const struct conf_binding *b,
                                                const struct conf_domain *d);
 const struct conf_throttle *conf_binding_throttle(
     const struct conf_binding *b, const struct conf_domain *d);
+int conf_redis_uri_parse(const char *s, struct conf_redis_uri *out);
+void conf_redis_uri_fini(struct conf_redis_uri *u);
 
 #endif

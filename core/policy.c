@@ -917,6 +917,16 @@ policy_engine_create(struct loop *lp, struct dns *dns, const struct conf *c,
 }
 
 
+/* policy_engine_set_datasources - what msys.db and msys.redis reach */
+void
+policy_engine_set_datasources(struct policy_engine *pe,
+                              struct datasources *ds)
+{
+    if (pe != NULL)
+        pe->ds = ds;
+}
+
+
 int
 policy_engine_active(const struct policy_engine *pe)
 {

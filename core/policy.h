@@ -17,6 +17,8 @@
  *                                              const struct conf *c,
  *                                              unsigned shard_id);
  *   void policy_engine_tick(struct policy_engine *pe, uint64_t now_ms);
+ *   void policy_engine_set_datasources(struct policy_engine *pe,
+ *                                      struct datasources *ds);
  *   void policy_engine_destroy(struct policy_engine *pe);
  *   struct policy_sess *policy_sess_open(struct policy_engine *pe,
  *                                        struct arena_pool *pool,
@@ -88,6 +90,7 @@
 
 struct loop;
 struct dns;
+struct datasources;
 
 enum policy_phase {
     POLICY_CONNECT,
@@ -177,6 +180,8 @@ struct policy_engine *policy_engine_create(struct loop *lp, struct dns *dns,
                                            const struct conf *c,
                                            unsigned shard_id);
 void policy_engine_tick(struct policy_engine *pe, uint64_t now_ms);
+void policy_engine_set_datasources(struct policy_engine *pe,
+                                   struct datasources *ds);
 void policy_engine_destroy(struct policy_engine *pe);
 int policy_engine_active(const struct policy_engine *pe);
 

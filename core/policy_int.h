@@ -153,6 +153,7 @@ enum {
     POLICY_WAIT_AGAIN,           /* VALIDATE_AGAIN's delay */
     POLICY_WAIT_SLEEP,           /* msys.sleep */
     POLICY_WAIT_DNS,             /* msys.dnsLookup */
+    POLICY_WAIT_REDIS,           /* msys.db, msys.redis (lualib_db.c) */
 };
 
 struct policy_kv {
@@ -215,6 +216,7 @@ struct policy_engine {
     uint64_t last_reap_ms;
     uint64_t next_conn_id;
     struct policy_timer *orphans;    /* timers of closed masters */
+    struct datasources *ds;      /* the shard's, or NULL (datasource.h) */
     struct policy_stats stats;
 };
 
@@ -242,6 +244,7 @@ int policy_api_modules(lua_State *L, struct policy_master *m, char *err,
 struct policy_run *policy_check_run(lua_State *L);
 void policy_push_vctx(lua_State *L, struct policy_run *r);
 void policy_libs_open(lua_State *L);      /* policy_libs.c */
+void lualib_db_open(lua_State *L);        /* lualib_db.c */
 const struct policy_src *policy_gen_module(const struct policy_gen *g,
                                            const char *name);
 

@@ -18,4 +18,5 @@ policy_libs_open(lua_State *L)
     lualib_addr_open(L);
     lualib_cidr_open(L);
     lualib_gauge_open(L);
+    lualib_db_open(L);
 }

@@ -546,6 +546,7 @@ static void
 session_policy_done(struct policy_sess *ps, void *arg)
 {
     struct session *s = arg;
+    const struct policy_result *res;
 
     ASSERT(s->policy_busy);
     s->policy_busy = 0;
@@ -553,6 +554,12 @@ session_policy_done(struct policy_sess *ps, void *arg)
         session_leave(s);
         return;
     }
+    /* A phase that waited can refuse too: no later phase may run and
+     * overwrite its result (as the synchronous path stops in
+     * session_policy_step). */
+    res = policy_result(ps);
+    if (res->code >= 400 || res->disconnect || res->discard)
+        s->pol_idx = s->pol_count;
     session_policy_step(s);
     if (!s->policy_busy && !s->closing)
         session_run(s, NULL, 0);

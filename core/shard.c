@@ -18,6 +18,7 @@
  * STOPPING, closes every session that is not waiting for a commit and
  * every outbound connection (delivery_abort).
  */
+#include "datasource.h"
 #include "policy.h"
 #include "shard.h"
 
@@ -369,6 +370,8 @@ shard_init(struct shard *sh)
     sh->dlv_ok = 1;
     sh->policy = policy_engine_create(&sh->loop, &sh->dlv.dns, sh->conf,
                                       sh->id);
+    sh->ds = datasources_create(&sh->loop, sh->conf, sh->id);
+    policy_engine_set_datasources(sh->policy, sh->ds);
     rc = spool_open(&sh->spool, &sh->loop, sh->spool_dir, sh->id,
                     sh->conf->spool_segment_size, shard_recovered, sh);
     if (rc < 0) {
@@ -418,6 +421,9 @@ shard_fini(struct shard *sh)
         spool_close(&sh->spool);
     shard_bufs_fini(sh);
     loop_fini(&sh->loop);
+    /* After the ring: no Redis op can complete into freed memory. */
+    datasources_destroy(sh->ds);
+    sh->ds = NULL;
     for (i = 0; i < sh->listen_count; i++)
         close(sh->listens[i].fd);
     arena_pool_fini(&sh->pool);

@@ -109,6 +109,7 @@ struct shard {
     struct delivery dlv;
     int dlv_ok;                  /* delivery_init() ran */
     struct policy_engine *policy;    /* Lua policy, policy.h */
+    struct datasources *ds;          /* Redis datasources, datasource.h */
     struct smtp_limits limits;
 
     struct shard_listen *listens;
