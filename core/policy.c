@@ -646,9 +646,11 @@ run_finish(struct policy_run *r)
 static void
 run_advance(struct policy_run *r, enum outcome o)
 {
-    struct policy_master *m = r->ps->m;
-
     for (;;) {
+        /* Re-read each time: callout_start() may move the session to a
+         * fresh master (and close the old one). */
+        struct policy_master *m = r->ps->m;
+
         switch (o) {
         case OUT_PENDING:
             return;
