@@ -1,6 +1,7 @@
 /*
  * stats - see stats.h
  */
+#include "datasource.h"
 #include "stats.h"
 
 #include <ck_pr.h>
@@ -58,6 +59,32 @@ stats_snap_fill(const struct shard *sh, struct stats_snap *s)
     s->spool_fdatasyncs = sp->fdatasyncs;
     s->spool_bytes_written = sp->bytes_written;
     s->spool_failed = (uint64_t)-sp->failed;
+    if (sh->ds != NULL) {
+        size_t k;
+
+        for (k = 0; k < sh->ds->count; k++) {
+            const struct datasource *ds = &sh->ds->v[k];
+            const struct redis_stats *r = redis_stats(ds->rd);
+            const struct redis_cache_stats *c =
+                ds->cache != NULL ? redis_cache_stats(ds->cache) : NULL;
+
+            s->redis_commands += r->commands;
+            s->redis_replies += r->replies;
+            s->redis_timeouts += r->timeouts;
+            s->redis_failed_fast += r->failed_fast;
+            s->redis_conn_lost += r->conn_lost;
+            s->redis_connects += r->connects;
+            s->redis_connect_failures += r->connect_failures;
+            s->redis_breaker_opens += r->breaker_opens;
+            s->redis_batches += r->batches;
+            s->redis_breakers_open +=
+                redis_breaker_state(ds->rd) != REDIS_BREAKER_CLOSED;
+            if (c != NULL) {
+                s->redis_cache_hits += c->hits;
+                s->redis_cache_misses += c->misses;
+            }
+        }
+    }
     s->commit = sp->commit_hist;
     s->dot_to_250 = sp->dot_to_250_hist;
     s->delivery = d->delivery_hist;

@@ -70,6 +70,19 @@ struct stats_snap {
     uint64_t spool_fdatasyncs;
     uint64_t spool_bytes_written;
     uint64_t spool_failed;       /* 0, or the errno it failed with */
+    /* Redis datasources, summed over this shard's clients (redis.h) */
+    uint64_t redis_commands;
+    uint64_t redis_replies;
+    uint64_t redis_timeouts;
+    uint64_t redis_failed_fast;  /* circuit open, not connected, full */
+    uint64_t redis_conn_lost;
+    uint64_t redis_connects;
+    uint64_t redis_connect_failures;
+    uint64_t redis_breaker_opens;
+    uint64_t redis_batches;      /* sends: commands / batches = pipelining */
+    uint64_t redis_breakers_open;    /* datasources whose circuit is open */
+    uint64_t redis_cache_hits;
+    uint64_t redis_cache_misses;
     /* latencies */
     struct hist commit;          /* one group commit: submit to durable */
     struct hist dot_to_250;      /* a message queued for commit to durable */

@@ -258,9 +258,11 @@ class RedisTest(harness.DaemonTest):
         self.redis = Redis().start()
         self.addCleanup(self.redis.cleanup)
 
-    def daemon(self, **kw):
-        d = self.start_daemon(policy_conf(self.redis.port, **kw),
-                              start=False)
+    def daemon(self, metrics=False, **kw):
+        text = policy_conf(self.redis.port, **kw)
+        if metrics:
+            text += 'Metrics_Listener { Listen "127.0.0.1:0" { } }\n'
+        d = self.start_daemon(text, start=False)
         os.makedirs(os.path.join(d.dir, "scripts"))
         shutil.copy(os.path.join(SCRIPTS, "suppression.lua"),
                     os.path.join(d.dir, "scripts"))
@@ -349,9 +351,26 @@ class RedisTest(harness.DaemonTest):
         self.assertReply(r, 550, "5.7.1")
         self.assertIn("suppression", r.text)
 
+    def metrics(self, d):
+        """{name: value summed over shards} from /metrics"""
+        import urllib.request
+        m = re.search(r"control: metrics listening on 127\.0\.0\.1:(\d+)",
+                      d.paniclog())
+        self.assertIsNotNone(m, "no metrics listener")
+        with urllib.request.urlopen("http://127.0.0.1:%s/metrics"
+                                    % m.group(1), timeout=10) as r:
+            text = r.read().decode()
+        out = {}
+        for line in text.splitlines():
+            mm = re.match(r"^(ringmail_redis_\w+)(\{[^}]*\})? (\d+)$", line)
+            if mm:
+                out[mm.group(1)] = out.get(mm.group(1), 0) + int(mm.group(3))
+        return out
+
     def test_cache(self):
-        d = self.daemon(shards=1, ds_extra="  cache_life = 60\n"
-                                           "  cache_size = 100\n")
+        d = self.daemon(shards=1, metrics=True,
+                        ds_extra="  cache_life = 60\n"
+                                 "  cache_size = 100\n")
         self.redis.cmd("SET", "ck", "one")
         c = self.session(d)
         self.assertEqual(self.value(c, "get+ck@t.test"), "one")
@@ -366,6 +385,21 @@ class RedisTest(harness.DaemonTest):
         self.assertEqual(self.value(c, "get+absent@t.test"), "nil")
         self.assertEqual(self.value(c, "nocache+absent@t.test"), "now")
         c.cmd("QUIT")
+        # The Redis client's counters reach /metrics (published per tick).
+        deadline = time.monotonic() + harness.t(10)
+        while True:
+            m = self.metrics(d)
+            if m.get("ringmail_redis_cache_hits_total", 0) >= 3 or \
+                    time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        self.assertGreaterEqual(m.get("ringmail_redis_cache_hits_total"), 3)
+        self.assertGreaterEqual(m.get("ringmail_redis_cache_misses_total"),
+                                2)
+        self.assertGreaterEqual(m.get("ringmail_redis_commands_total"), 4)
+        self.assertEqual(m.get("ringmail_redis_replies_total"),
+                         m.get("ringmail_redis_commands_total"))
+        self.assertEqual(m.get("ringmail_redis_breakers_open"), 0)
         d.stop_clean()
         self.assertRegex(d.paniclog(), r"datasource r: cache [1-9]\d* hits")
 
