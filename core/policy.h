@@ -117,9 +117,10 @@ enum policy_phase {
 struct policy_conn {
     const char *peer_ip;
     unsigned peer_port;
-    const char *local_ip;
+    const char *local_ip;        /* NULL: asked of fd when a script wants it */
     unsigned local_port;
     const char *hostname;        /* ours */
+    int fd;                      /* the connection, or -1 */
 };
 
 /* The transaction a callout sees through msg (NULL fields: not yet). */

@@ -36,6 +36,9 @@
  *   body).
  */
 #include <ctype.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <arpa/inet.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -806,20 +809,77 @@ push_msg(lua_State *L, struct policy_run *r)
 }
 
 
+/*
+ * accept: Momentum's accept construct, here the connection's addresses.
+ * A userdata read through __index, so a callout that never looks pays
+ * for no strings, and the local address (a getsockname() call) is asked
+ * for only when a script reads it.
+ */
+#define ACCEPT_MT "ringmail.accept"
+
+
+static void
+accept_local(struct policy_sess *ps)
+{
+    struct sockaddr_storage la;
+    socklen_t len = sizeof la;
+    char buf[INET6_ADDRSTRLEN];
+    const void *a;
+
+    if (ps->conn.local_ip != NULL || ps->conn.fd < 0)
+        return;
+    if (getsockname(ps->conn.fd, (struct sockaddr *)&la, &len) < 0) {
+        ps->conn.local_ip = "";
+        return;
+    }
+    a = la.ss_family == AF_INET6
+            ? (const void *)&((struct sockaddr_in6 *)&la)->sin6_addr
+            : (const void *)&((struct sockaddr_in *)&la)->sin_addr;
+    inet_ntop(la.ss_family, a, buf, sizeof buf);
+    ps->conn.local_ip = arena_strdup(ps->arena, buf);
+    ps->conn.local_port = la.ss_family == AF_INET6
+        ? ntohs(((struct sockaddr_in6 *)&la)->sin6_port)
+        : ntohs(((struct sockaddr_in *)&la)->sin_port);
+}
+
+
+static int
+accept_index(lua_State *L)
+{
+    struct msg_ud *u = luaL_checkudata(L, 1, ACCEPT_MT);
+    const char *k = luaL_checkstring(L, 2);
+    struct policy_run *r = policy_cur;
+    struct policy_sess *ps = u->ps;
+
+    if (r == NULL || r->ps != ps || r->serial != u->serial)
+        return luaL_error(L, "accept used outside the callout it was "
+                             "given to");
+    if (strcmp(k, "remote_ip") == 0) {
+        lua_pushstring(L, ps->conn.peer_ip ? ps->conn.peer_ip : "");
+    } else if (strcmp(k, "remote_port") == 0) {
+        lua_pushinteger(L, ps->conn.peer_port);
+    } else if (strcmp(k, "local_ip") == 0) {
+        accept_local(ps);
+        lua_pushstring(L, ps->conn.local_ip ? ps->conn.local_ip : "");
+    } else if (strcmp(k, "local_port") == 0) {
+        accept_local(ps);
+        lua_pushinteger(L, ps->conn.local_port);
+    } else {
+        lua_pushnil(L);
+    }
+    return 1;
+}
+
+
 static void
 push_accept(lua_State *L, struct policy_run *r)
 {
-    const struct policy_conn *c = &r->ps->conn;
+    struct msg_ud *u = lua_newuserdata(L, sizeof *u);
 
-    lua_createtable(L, 0, 4);
-    lua_pushstring(L, c->peer_ip ? c->peer_ip : "");
-    lua_setfield(L, -2, "remote_ip");
-    lua_pushinteger(L, c->peer_port);
-    lua_setfield(L, -2, "remote_port");
-    lua_pushstring(L, c->local_ip ? c->local_ip : "");
-    lua_setfield(L, -2, "local_ip");
-    lua_pushinteger(L, c->local_port);
-    lua_setfield(L, -2, "local_port");
+    u->ps = r->ps;
+    u->serial = r->serial;
+    luaL_getmetatable(L, ACCEPT_MT);
+    lua_setmetatable(L, -2);
 }
 
 
@@ -1023,6 +1083,13 @@ policy_msg_open(lua_State *L)
         { "code", msg_code },
         { NULL, NULL },
     };
+
+    luaL_newmetatable(L, ACCEPT_MT);
+    lua_pushcfunction(L, accept_index);
+    lua_setfield(L, -2, "__index");
+    lua_pushliteral(L, "accept");
+    lua_setfield(L, -2, "__metatable");
+    lua_pop(L, 1);
 
     luaL_newmetatable(L, BUFF_MT);
     lua_newtable(L);

@@ -69,7 +69,6 @@ struct session {
     int fd;
     struct sockaddr_storage peer;
     char peer_ip[INET6_ADDRSTRLEN];
-    char local_ip[INET6_ADDRSTRLEN];     /* for policy's accept.local_ip */
     struct smtp_server smtp;
 
     struct op recv_op;
@@ -838,22 +837,7 @@ session_connect(struct session *s)
                        ? ntohs(((struct sockaddr_in6 *)&s->peer)->sin6_port)
                        : ntohs(((struct sockaddr_in *)&s->peer)->sin_port);
     pc.hostname = sh->conf->hostname;
-    {
-        struct sockaddr_storage la;
-        socklen_t llen = sizeof la;
-
-        if (getsockname(s->fd, (struct sockaddr *)&la, &llen) == 0) {
-            const void *a = la.ss_family == AF_INET6
-                ? (const void *)&((struct sockaddr_in6 *)&la)->sin6_addr
-                : (const void *)&((struct sockaddr_in *)&la)->sin_addr;
-
-            inet_ntop(la.ss_family, a, s->local_ip, sizeof s->local_ip);
-            pc.local_ip = s->local_ip;
-            pc.local_port = la.ss_family == AF_INET6
-                ? ntohs(((struct sockaddr_in6 *)&la)->sin6_port)
-                : ntohs(((struct sockaddr_in *)&la)->sin_port);
-        }
-    }
+    pc.fd = s->fd;               /* accept.local_ip: asked when read */
     s->ps = policy_sess_open(sh->policy, &sh->pool, s->arena, &pc);
     if (s->ps == NULL) {
         session_greet(s);

@@ -206,7 +206,8 @@ counting_gen(struct fixture *fx, int code)
 static struct policy_sess *
 sess_open(struct fixture *fx, struct policy_engine *pe, struct arena *a)
 {
-    struct policy_conn pc = { .peer_ip = "192.0.2.1", .peer_port = 1234 };
+    struct policy_conn pc = { .peer_ip = "192.0.2.1", .peer_port = 1234,
+                              .fd = -1 };
 
     return policy_sess_open(pe, &fx->pool, a, &pc);
 }
