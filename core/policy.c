@@ -1008,6 +1008,8 @@ policy_engine_tick(struct policy_engine *pe, uint64_t now_ms)
     struct policy_gen *g;
     uint64_t id = 0;
 
+    if (pe == NULL)
+        return;
     now_ms = mono_ms();
     ck_epoch_begin(rec, NULL);
     g = ck_pr_load_ptr(&policy_gen_current);

@@ -413,13 +413,15 @@ shard_fini(struct shard *sh)
 {
     size_t i;
 
-    policy_engine_destroy(sh->policy);
-    sh->policy = NULL;
     if (sh->dlv_ok)
         delivery_fini(&sh->dlv);
     if (sh->spool.dir != NULL)
         spool_close(&sh->spool);
     shard_bufs_fini(sh);
+    /* Last before the ring goes: delivery_fini() and spool_close() turn
+     * the loop, and its tick and policy timers use the engine. */
+    policy_engine_destroy(sh->policy);
+    sh->policy = NULL;
     loop_fini(&sh->loop);
     /* After the ring: no Redis op can complete into freed memory. */
     datasources_destroy(sh->ds);
