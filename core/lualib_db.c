@@ -191,6 +191,7 @@ db_reply(void *arg, int res, redisReply *reply, const char *err)
     lua_State *co = r->co;
     int n = 1;
 
+    r->ps->m->in_c = 1;          /* pushing the answer: see policy_panic */
     if (res < 0) {
         lua_pushnil(co);
         lua_pushfstring(co, "datasource %s: %s", dc->ds->c->name, err);
@@ -216,6 +217,7 @@ db_reply(void *arg, int res, redisReply *reply, const char *err)
             freeReplyObject(reply);
     }
     db_call_free(dc);
+    r->ps->m->in_c = 0;
     policy_run_wake(r, n);
 }
 
@@ -231,6 +233,34 @@ db_hit_done(struct op *op, int res, uint32_t flags)
     luaL_unref(r->co, LUA_REGISTRYINDEX, dc->hit_ref);
     db_call_free(dc);
     policy_run_wake(r, 1);
+}
+
+
+/* db_start - the yield happened: send the command, or deliver the hit */
+static void
+db_start(struct policy_run *r, void *arg)
+{
+    struct db_call *dc = arg;
+
+    if (dc->hit_ref != LUA_NOREF) {
+        dc->op.done = db_hit_done;
+        loop_defer(r->ps->pe->lp, &dc->op);
+        return;
+    }
+    redis_command(dc->ds->rd, dc->av.argc, dc->av.argv, dc->av.argvlen,
+                  db_reply, dc);
+}
+
+
+/* db_drop - the yield did not happen (a C boundary): nothing was sent */
+static void
+db_drop(struct policy_run *r, void *arg)
+{
+    struct db_call *dc = arg;
+
+    if (dc->hit_ref != LUA_NOREF)
+        luaL_unref(r->ps->m->L, LUA_REGISTRYINDEX, dc->hit_ref);
+    db_call_free(dc);
 }
 
 
@@ -336,7 +366,6 @@ db_request(lua_State *L)
     dc->ds = ds;
     dc->kind = kind;
     dc->hit_ref = LUA_NOREF;
-    r->waiting = POLICY_WAIT_REDIS;
     if (kind == DB_QUERY && !nocache && ds->c->cache_life_ms > 0 &&
         ds->c->cache_size > 0) {
         const redisReply *hit;
@@ -348,13 +377,9 @@ db_request(lua_State *L)
             lualib_db_push_rows(L, dc->av.argc, dc->av.argv,
                                 dc->av.argvlen, hit);
             dc->hit_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-            dc->op.done = db_hit_done;
-            loop_defer(r->ps->pe->lp, &dc->op);
-            return lua_yield(L, 0);
         }
     }
-    redis_command(ds->rd, dc->av.argc, dc->av.argv, dc->av.argvlen,
-                  db_reply, dc);
+    policy_wait_prepare(r, POLICY_WAIT_REDIS, db_start, db_drop, dc);
     return lua_yield(L, 0);
 }
 
@@ -411,17 +436,23 @@ db_command(lua_State *L)
     dc->ds = ds;
     dc->kind = DB_COMMAND;
     dc->hit_ref = LUA_NOREF;
-    /* The strings live on L's stack until the yield: redis copies them. */
-    ds_argv_init(&dc->av, top - 1, 0);
-    for (i = 2; i <= top; i++) {
-        dc->av.argv[dc->av.argc] = lua_tolstring(L, i,
-                                                 &dc->av.argvlen[dc->av.argc]);
-        dc->av.argc++;
+    /* Copied: the command is sent only once the yield happened. */
+    ds_argv_init(&dc->av, top - 1, total);
+    {
+        char *p = (char *)(dc->av.argvlen + (top - 1));
+
+        for (i = 2; i <= top; i++) {
+            size_t len;
+            const char *v = lua_tolstring(L, i, &len);
+
+            memcpy(p, v, len);
+            dc->av.argv[dc->av.argc] = p;
+            dc->av.argvlen[dc->av.argc] = len;
+            dc->av.argc++;
+            p += len;
+        }
     }
-    r->waiting = POLICY_WAIT_REDIS;
-    redis_command(ds->rd, dc->av.argc, dc->av.argv, dc->av.argvlen,
-                  db_reply, dc);
-    ds_argv_fini(&dc->av);       /* it pointed into L's stack */
+    policy_wait_prepare(r, POLICY_WAIT_REDIS, db_start, db_drop, dc);
     return lua_yield(L, 0);
 }
 

@@ -284,7 +284,8 @@ module_call(struct policy_master *m, struct policy_module *mod,
 
     m->in_c = 1;
     lua_rawgeti(L, LUA_REGISTRYINDEX, mod->ref);
-    lua_getfield(L, -1, name);
+    lua_pushstring(L, name);     /* raw: no script metamethod runs here */
+    lua_rawget(L, -2);
     lua_insert(L, -2);
     m->in_c = 0;
     if (pcall_budget(m, 1, 1, err) != 0) {
@@ -420,6 +421,11 @@ co_borrow(struct policy_master *m, int *ref)
         lua_pop(m->L, 1);
     } else {
         co = lua_newthread(m->L);
+        lua_getfield(m->L, LUA_REGISTRYINDEX, RUNNERS_KEY);
+        lua_pushvalue(m->L, -2);
+        lua_pushboolean(m->L, 1);
+        lua_rawset(m->L, -3);
+        lua_pop(m->L, 1);
         *ref = luaL_ref(m->L, LUA_REGISTRYINDEX);
     }
     m->borrowed++;
@@ -495,6 +501,38 @@ run_fail(struct policy_run *r, const char *why)
 static enum outcome callout_outcome(struct policy_run *r, int rc);
 
 
+/*
+ * policy_wait_prepare - an msys function that waits calls this, then
+ * `return lua_yield(L, 0)`. The wait starts only once the yield really
+ * happened (callout_outcome): inside a C boundary (a gsub callback, a
+ * sort comparator) lua_yield raises instead, and a wait already started
+ * would complete into a run that has moved on, or a freed session.
+ */
+void
+policy_wait_prepare(struct policy_run *r, int kind, policy_wait_fn *start,
+                    policy_wait_fn *drop, void *arg)
+{
+    if (r->wait_start != NULL && r->wait_drop != NULL)
+        r->wait_drop(r, r->wait_arg);    /* an earlier one never started */
+    r->wait_start = start;
+    r->wait_drop = drop;
+    r->wait_arg = arg;
+    r->wait_kind = kind;
+}
+
+
+/* wait_forget - the callout ended without the prepared wait: drop it */
+static void
+wait_forget(struct policy_run *r)
+{
+    if (r->wait_start != NULL && r->wait_drop != NULL)
+        r->wait_drop(r, r->wait_arg);
+    r->wait_start = NULL;
+    r->wait_drop = NULL;
+    r->wait_arg = NULL;
+}
+
+
 static enum outcome
 callout_resume(struct policy_run *r, int nargs)
 {
@@ -527,6 +565,7 @@ callout_outcome(struct policy_run *r, int rc)
     int ret;
 
     if (r->killed) {
+        wait_forget(r);
         policy_hook_reset(m->L);
         co_drop(m, r->co_ref);
         ps->pe->stats.budget_exhausted++;
@@ -539,14 +578,23 @@ callout_outcome(struct policy_run *r, int rc)
         return OUT_STOP;
     }
     if (rc == LUA_YIELD) {
-        if (r->waiting != POLICY_WAIT_NONE) {
+        if (r->wait_start != NULL) {
+            policy_wait_fn *start = r->wait_start;
+            void *arg = r->wait_arg;
+
+            r->wait_start = NULL;
+            r->wait_drop = NULL;
+            r->wait_arg = NULL;
+            r->waiting = r->wait_kind;
             ps->pe->stats.yields++;
+            start(r, arg);
             return OUT_PENDING;
         }
         co_drop(m, r->co_ref);
         run_fail(r, "the callout yielded outside an msys call");
         return OUT_STOP;
     }
+    wait_forget(r);
     if (rc != 0) {
         char why[512];
         const char *e = lua_tostring(co, -1);
@@ -624,7 +672,8 @@ callout_start(struct policy_run *r)
         ps->invoked |= 1u << r->mod;
     ps->pe->stats.callouts++;
     lua_rawgeti(co, LUA_REGISTRYINDEX, mod->ref);
-    lua_getfield(co, -1, phase_names[r->phase]);
+    lua_pushstring(co, phase_names[r->phase]);
+    lua_rawget(co, -2);          /* raw: no script metamethod runs here */
     lua_insert(co, -2);                          /* fn, self */
     policy_push_callout_args(co, r);
     m->in_c = 0;
@@ -709,6 +758,7 @@ timer_done(struct op *op, int res, uint32_t flags)
     int kind = r->waiting;
 
     r->timer_armed = 0;
+    r->cancel_busy = 0;
     if (kind == POLICY_WAIT_AGAIN) {
         r->waiting = POLICY_WAIT_NONE;
         if (r->cancelled) {
@@ -726,12 +776,17 @@ timer_done(struct op *op, int res, uint32_t flags)
 }
 
 
+/* The timeout-remove of policy_cancel(): its own allocation, because the
+ * session (and the run in it) may be freed before this CQE is reaped. */
+struct policy_cancel_op {
+    struct op op;
+};
+
+
 static void
 cancel_done(struct op *op, int res, uint32_t flags)
 {
-    struct policy_run *r = container_of(op, struct policy_run, cancel_op);
-
-    r->cancel_busy = 0;
+    free(container_of(op, struct policy_cancel_op, op));
 }
 
 
@@ -811,11 +866,13 @@ policy_cancel(struct policy_sess *ps)
     r = &ps->run;
     r->cancelled = 1;
     if (r->timer_armed && !r->cancel_busy) {
-        r->cancel_op.done = cancel_done;
-        sqe = loop_sqe(ps->pe->lp, &r->cancel_op);
+        struct policy_cancel_op *c = xcalloc(1, sizeof *c);
+
+        c->op.done = cancel_done;
+        sqe = loop_sqe(ps->pe->lp, &c->op);
         io_uring_prep_timeout_remove(sqe, (uint64_t)(uintptr_t)&r->timer_op,
                                      0);
-        r->cancel_busy = 1;
+        r->cancel_busy = 1;      /* once per wait: the timer ends it */
     }
 }
 
@@ -1003,13 +1060,14 @@ engine_current(struct policy_engine *pe)
 void
 policy_engine_tick(struct policy_engine *pe, uint64_t now_ms)
 {
-    ck_epoch_record_t *rec = &policy_records[pe->shard_id];
+    ck_epoch_record_t *rec;
     struct policy_master *m;
     struct policy_gen *g;
     uint64_t id = 0;
 
     if (pe == NULL)
         return;
+    rec = &policy_records[pe->shard_id];
     now_ms = mono_ms();
     ck_epoch_begin(rec, NULL);
     g = ck_pr_load_ptr(&policy_gen_current);

@@ -218,6 +218,28 @@ sandbox(lua_State *L)
     size_t i;
 
     open_lib(L, luaopen_base, "");
+    /* The runner's coroutines (policy.c co_borrow) are listed here, weak,
+     * and coroutine.resume/wrap refuse them: a script that kept one from
+     * coroutine.running() cannot run another session's callout. */
+    lua_newtable(L);
+    lua_newtable(L);
+    lua_pushliteral(L, "k");
+    lua_setfield(L, -2, "__mode");
+    lua_setmetatable(L, -2);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, LUA_REGISTRYINDEX, RUNNERS_KEY);
+    if (luaL_loadstring(L,
+            "local runners = ...\n"
+            "local resume = coroutine.resume\n"
+            "coroutine.resume = function(co, ...)\n"
+            "  if runners[co] then\n"
+            "    error('cannot resume the coroutine of a policy callout', 2)\n"
+            "  end\n"
+            "  return resume(co, ...)\n"
+            "end\n") != 0)
+        panic("sandbox: %s", lua_tostring(L, -1));
+    lua_insert(L, -2);
+    lua_call(L, 1, 0);
     open_lib(L, luaopen_table, LUA_TABLIBNAME);
     open_lib(L, luaopen_string, LUA_STRLIBNAME);
     open_lib(L, luaopen_math, LUA_MATHLIBNAME);
@@ -429,6 +451,8 @@ timer_new(lua_State *L, int kind)
     double ms;
 
     luaL_checktype(L, 2, LUA_TFUNCTION);
+    if (!(v == v) || v > 1e15 || v < -1e15)
+        return luaL_error(L, "msys.timer: bad time");
     if (kind == 2)
         v -= (lua_Number)time(NULL);
     ms = v * 1000.0;
@@ -490,10 +514,10 @@ api_checkfile_shim(lua_State *L)
 }
 
 
-/* policy_api_modules - the registered modules into m->mods, checked */
-int
-policy_api_modules(lua_State *L, struct policy_master *m, char *err,
-                   size_t errlen)
+/* modules_body - policy_api_modules' work, run under lua_cpcall */
+static int
+modules_body(lua_State *L, struct policy_master *m, char *err,
+             size_t errlen)
 {
     size_t i, n;
     int rc = 0;
@@ -516,7 +540,9 @@ policy_api_modules(lua_State *L, struct policy_master *m, char *err,
                                    ? policy_phase_name(ph)
                                    : extra_methods[ph - POLICY_PHASE_COUNT];
 
-            lua_getfield(L, -1, name);
+            lua_pushstring(L, name);
+            lua_rawget(L, -2);   /* raw: the table's metamethods are the
+                                  * script's, and this runs unprotected */
             if (lua_isfunction(L, -1))
                 mod->methods |= method_bit(name);
             lua_pop(L, 1);
@@ -539,7 +565,8 @@ policy_api_modules(lua_State *L, struct policy_master *m, char *err,
     lua_pop(L, 1);
     /* A VPOP3-style script defines a global CheckFile: a module of its own
      * whose CheckFile method calls the global. */
-    lua_getglobal(L, "CheckFile");
+    lua_pushliteral(L, "CheckFile");
+    lua_rawget(L, LUA_GLOBALSINDEX);
     if (lua_isfunction(L, -1)) {
         struct policy_module *mod = &m->mods[m->mod_count++];
 
@@ -555,6 +582,46 @@ policy_api_modules(lua_State *L, struct policy_master *m, char *err,
         lua_pop(L, 1);
     }
     return rc;
+}
+
+
+struct modules_cp {
+    struct policy_master *m;
+    char *err;
+    size_t errlen;
+    int rc;
+};
+
+
+static int
+modules_cp(lua_State *L)
+{
+    struct modules_cp *c = lua_touserdata(L, 1);
+
+    lua_pop(L, 1);
+    c->rc = modules_body(L, c->m, c->err, c->errlen);
+    return 0;
+}
+
+
+/* policy_api_modules - the registered modules into m->mods, checked;
+ * protected, so nothing a script did to its tables can abort the process */
+int
+policy_api_modules(lua_State *L, struct policy_master *m, char *err,
+                   size_t errlen)
+{
+    struct modules_cp c = { m, err, errlen, 0 };
+
+    if (lua_cpcall(L, modules_cp, &c) != 0) {
+        size_t n = strlen(err);
+
+        snprintf(err + n, errlen - n, "%sscriptlet: registering modules: %s",
+                 n ? "\n" : "", lua_tostring(L, -1) ? lua_tostring(L, -1)
+                                                    : "(error)");
+        lua_pop(L, 1);
+        return -1;
+    }
+    return c.rc;
 }
 
 
@@ -691,6 +758,10 @@ vctx_disconnect(lua_State *L)
     struct policy_sess *ps = vctx_check(L, 1);
     int code = (int)luaL_optinteger(L, 2, 421);
 
+    /* A disconnect refuses what is in progress: never a 2xx that would
+     * claim a message was taken. */
+    if (code < 400)
+        code = 421;
     reply_set(L, ps, code, luaL_optstring(L, 3,
                                           "4.7.0 Connection closed by "
                                           "policy"));
@@ -760,6 +831,13 @@ api_expand_macro(lua_State *L)
 }
 
 
+static void
+sleep_start(struct policy_run *r, void *arg)
+{
+    policy_run_timer(r, r->wait_ms, POLICY_WAIT_SLEEP);
+}
+
+
 static int
 api_sleep(lua_State *L)
 {
@@ -767,10 +845,11 @@ api_sleep(lua_State *L)
     struct policy_run *r = policy_check_run(L);
     uint64_t ms;
 
-    if (r == NULL || !(sec > 0))
+    if (r == NULL || !(sec > 0))     /* also NaN */
         return 0;
     ms = sec > 3600 ? 3600000 : (uint64_t)(sec * 1000.0);
-    policy_run_timer(r, ms ? ms : 1, POLICY_WAIT_SLEEP);
+    r->wait_ms = ms ? ms : 1;
+    policy_wait_prepare(r, POLICY_WAIT_SLEEP, sleep_start, NULL, NULL);
     return lua_yield(L, 0);
 }
 
@@ -802,7 +881,30 @@ struct dns_lookup {
     struct dns_rr_req req;
     struct policy_run *r;
     int priority;                /* {pref, name} pairs for MX */
+    int qtype;
+    char name[DNS_NAME_MAX + 2];
 };
+
+
+static void dns_lookup_done(struct dns_rr_req *req);
+
+
+static void
+dns_lookup_start(struct policy_run *r, void *arg)
+{
+    struct dns_lookup *dl = arg;
+
+    r->dns_req = dl;
+    dns_lookup_rr(r->ps->pe->dns, dl->name, dl->qtype, &dl->req,
+                  dns_lookup_done);
+}
+
+
+static void
+dns_lookup_drop(struct policy_run *r, void *arg)
+{
+    free(arg);
+}
 
 
 static void
@@ -876,12 +978,18 @@ api_dns_lookup(lua_State *L)
         lua_pushstring(L, "dnsLookup: cannot suspend here");
         return 2;
     }
+    if (strlen(name) > DNS_NAME_MAX + 1) {
+        lua_pushnil(L);
+        lua_pushstring(L, "invalid name");
+        return 2;
+    }
     dl = xcalloc(1, sizeof *dl);
     dl->r = r;
     dl->priority = priority;
-    r->dns_req = dl;
-    r->waiting = POLICY_WAIT_DNS;
-    dns_lookup_rr(r->ps->pe->dns, name, qtype, &dl->req, dns_lookup_done);
+    dl->qtype = qtype;
+    strcpy(dl->name, name);
+    policy_wait_prepare(r, POLICY_WAIT_DNS, dns_lookup_start,
+                        dns_lookup_drop, dl);
     return lua_yield(L, 0);
 }
 

@@ -28,6 +28,7 @@
 #define POLICY_M_CHECKFILE (1u << (POLICY_PHASE_COUNT + 4)) /* relay control */
 
 #define POLICY_C_SLACK (1u << 20)  /* see policy_panic() */
+#define RUNNERS_KEY "ringmail.runners"  /* registry: the runner's threads */
 #define POLICY_HOOK_COUNT 1000    /* VM instructions between budget checks */
 #define POLICY_CTX_CONN_MAX (64 * 1024)    /* bytes of VCTX_CONN values */
 #define POLICY_CTX_MESS_MAX (256 * 1024)   /* bytes of VCTX_MESS values */
@@ -122,6 +123,10 @@ struct policy_master {
     struct policy_master *next;
 };
 
+struct policy_run;
+/* A wait an msys function prepared: started only once the yield happened. */
+typedef void policy_wait_fn(struct policy_run *r, void *arg);
+
 struct policy_run {
     struct policy_sess *ps;
     enum policy_phase phase;
@@ -146,6 +151,13 @@ struct policy_run {
     unsigned timer_armed : 1;
     unsigned cancel_busy : 1;
     void *dns_req;               /* msys.dnsLookup in flight (policy_api.c) */
+    /* policy_wait_prepare(): what to start when the yield succeeds, or to
+     * drop when it did not (a C boundary turned it into an error) */
+    policy_wait_fn *wait_start;
+    policy_wait_fn *wait_drop;
+    void *wait_arg;
+    int wait_kind;
+    uint64_t wait_ms;            /* msys.sleep's delay */
 };
 
 enum {
@@ -168,6 +180,7 @@ struct policy_hdr {
     struct policy_hdr *next;
     char *name;                  /* as written */
     char *line;                  /* "Name: value\r\n", folded as received */
+    const char *value;           /* in line: just after the colon */
     size_t len;
     int deleted;
 };
@@ -231,6 +244,9 @@ struct policy_master *policy_master_build(struct policy_gen *g,
                                           char *err, size_t errlen);
 void policy_master_close(struct policy_master *m);
 void policy_run_wake(struct policy_run *r, int nres);
+void policy_wait_prepare(struct policy_run *r, int kind,
+                         policy_wait_fn *start, policy_wait_fn *drop,
+                         void *arg);
 void policy_run_timer(struct policy_run *r, uint64_t ms, int kind);
 void policy_paniclog(const char *fmt, ...)
     __attribute__((format(printf, 1, 2)));

@@ -279,9 +279,17 @@ headers_parse(struct policy_sess *ps, const struct policy_txn *t)
         colon = memchr(start, ':', (size_t)(p - start));
         h = arena_zalloc(a, sizeof *h);
         /* A line that is not a header keeps its place, under no name. */
-        h->name = colon != NULL ? arena_strndup(a, start,
-                                                (size_t)(colon - start))
-                                : "";
+        if (colon != NULL) {
+            const char *ne = colon;
+
+            /* "Subject : x" (RFC 5322's obsolete form) is a Subject */
+            while (ne > start && (ne[-1] == ' ' || ne[-1] == '\t'))
+                ne--;
+            h->name = arena_strndup(a, start, (size_t)(ne - start));
+            h->value = colon + 1;
+        } else {
+            h->name = "";
+        }
         h->line = start;
         h->len = (size_t)(p - start);
         *ps->hdr_tail = h;
@@ -303,7 +311,7 @@ headers_need(struct policy_sess *ps, const struct policy_txn *t)
 static void
 push_value(lua_State *L, const struct policy_hdr *h)
 {
-    const char *p = h->line + strlen(h->name) + 1;
+    const char *p = h->value;
     const char *end = h->line + h->len;
     luaL_Buffer b;
 
@@ -339,6 +347,7 @@ header_new(struct policy_sess *ps, const char *name, const char *val,
     memcpy(h->line + nlen, ": ", 2);
     memcpy(h->line + nlen + 2, val, vlen);
     memcpy(h->line + nlen + 2 + vlen, "\r\n", 3);
+    h->value = h->line + nlen + 1;
     return h;
 }
 
@@ -718,7 +727,13 @@ static int
 msg_discard(lua_State *L)
 {
     struct policy_sess *ps = msg_check(L, 1);
+    enum policy_phase ph = ps->run.phase;
 
+    if (ph != POLICY_DATA && ph != POLICY_DATA_SPOOL &&
+        ph != POLICY_DATA_SPOOL_EACH_RCPT && ph != POLICY_SET_BINDING)
+        return luaL_error(L, "msg:discard() works in the data phases only "
+                             "(in %s, refuse with vctx:set_code)",
+                          policy_phase_name(ph));
     ps->discard = 1;
     ps->result.discard = 1;
     if (!lua_isnoneornil(L, 2))
@@ -1154,7 +1169,13 @@ push_header_tables(lua_State *L, const char *data, uint64_t len)
         v = colon + 1;
         while (v < ve && (*v == ' ' || *v == '\t'))
             v++;
-        lua_pushlstring(L, start, (size_t)(colon - start));
+        {
+            const char *ne = colon;
+
+            while (ne > start && (ne[-1] == ' ' || ne[-1] == '\t'))
+                ne--;
+            lua_pushlstring(L, start, (size_t)(ne - start));
+        }
         lua_pushlstring(L, v, (size_t)(ve - v));
         lua_rawset(L, -4);
     }
@@ -1195,7 +1216,8 @@ policy_relay_check(struct policy_engine *pe, const struct policy_relay_msg *m,
             continue;
         m0->in_c = 1;                /* the arguments: see policy_panic */
         lua_rawgeti(L, LUA_REGISTRYINDEX, mod->ref);
-        lua_getfield(L, -1, "CheckFile");
+        lua_pushliteral(L, "CheckFile");
+        lua_rawget(L, -2);
         lua_insert(L, -2);                              /* fn, self */
         lua_pushstring(L, m->id);                       /* Filename */
         lua_createtable(L, 0, 3);                       /* Actions */
@@ -1234,22 +1256,26 @@ policy_relay_check(struct policy_engine *pe, const struct policy_relay_msg *m,
         }
         /* The returned Actions, or the one passed in when it returned
          * something else (VPOP3 scripts return the parameter). */
+        /* raw gets: the table is the script's, metamethods and all */
         if (!lua_istable(L, -1)) {
             lua_pop(L, 1);
             lua_pushvalue(L, base + 1);
         }
-        lua_getfield(L, -1, "SkipSend");
+        lua_pushliteral(L, "SkipSend");
+        lua_rawget(L, -2);
         *skip = lua_isnumber(L, -1) ? lua_tonumber(L, -1) != 0
                                     : lua_toboolean(L, -1);
         lua_pop(L, 1);
-        lua_getfield(L, -1, "Priority");
+        lua_pushliteral(L, "Priority");
+        lua_rawget(L, -2);
         if (lua_isnumber(L, -1)) {
             lua_Number pr = lua_tonumber(L, -1);
 
             *priority = pr < 1 ? 1 : pr > 100 ? 100 : (unsigned)pr;
         }
         lua_pop(L, 1);
-        lua_getfield(L, -1, "Reason");
+        lua_pushliteral(L, "Reason");
+        lua_rawget(L, -2);
         if (lua_isstring(L, -1) && reason_len > 0)
             snprintf(reason, reason_len, "%s", lua_tostring(L, -1));
         lua_settop(L, base);

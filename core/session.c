@@ -94,6 +94,8 @@ struct session {
     unsigned pol_rcpt;           /* each_rcpt: the recipient it is at */
     int pol_cmd;                 /* SMTP_POLICY_* being judged; 0: the
                                   * message; -1: the connection */
+    unsigned pol_txn_seq;        /* the transaction policy's message
+                                  * state belongs to (smtp.txn_seq) */
 
     unsigned inflight;
     unsigned recv_armed : 1;
@@ -598,6 +600,20 @@ session_policy_step(struct session *s)
 }
 
 
+/*
+ * session_policy_txn - a transaction policy has not seen yet (MAIL without
+ * a mailfrom callout, or after RSET): its per-message state starts empty.
+ */
+static void
+session_policy_txn(struct session *s)
+{
+    if (s->smtp.txn_seq != s->pol_txn_seq) {
+        policy_txn_begin(s->ps);
+        s->pol_txn_seq = s->smtp.txn_seq;
+    }
+}
+
+
 static void
 policy_start(struct session *s, int cmd)
 {
@@ -615,6 +631,8 @@ session_policy_command(struct session *s)
     struct smtp_server *m = &s->smtp;
     struct policy_sess *ps = s->ps;
 
+    if (m->pend_cmd != SMTP_POLICY_MAIL)
+        session_policy_txn(s);
     policy_txn_fill(s);
     s->ptxn.str = m->pend_arg;
     s->pol_count = 0;
@@ -627,6 +645,8 @@ session_policy_command(struct session *s)
         break;
     case SMTP_POLICY_MAIL:
         policy_txn_begin(ps);
+        /* This MAIL, once accepted, is the transaction it belongs to. */
+        s->pol_txn_seq = m->txn_seq + 1;
         s->ptxn.sender = m->pend_arg;
         policy_ctx_mess_set(ps, "mailfrom_string", m->pend_arg);
         policy_phase_add(s, POLICY_MAILFROM);
@@ -656,6 +676,7 @@ session_message(struct session *s)
         session_commit(s);
         return;
     }
+    session_policy_txn(s);
     policy_txn_fill(s);
     for (i = 0; i < s->smtp.body_count; i++)
         bytes += s->smtp.body[i].iov_len;

@@ -449,6 +449,7 @@ cmd_mail(struct smtp_server *s, const char *arg)
     if (policy_stop(s, SMTP_POLICY_MAIL, sender))
         return;
     s->sender = sender;
+    s->txn_seq++;
     s->state = SMTP_STATE_MAIL;
     reply(s, "250 2.1.0 Ok");
 }
@@ -1002,6 +1003,7 @@ smtp_server_policy_done(struct smtp_server *s, const struct smtp_verdict *v)
         s->sender = v->rewrite != NULL ? arena_strdup(txn_arena(s),
                                                       v->rewrite)
                                        : s->pend_arg;
+        s->txn_seq++;
         s->state = SMTP_STATE_MAIL;
         reply(s, "250 2.1.0 Ok");
         break;

@@ -144,6 +144,8 @@ struct smtp_server {
     int esmtp;
     int draining;                /* close after the current transaction */
     unsigned policy_mask;        /* SMTP_POLICY_*: commands that stop */
+    unsigned txn_seq;            /* MAIL commands accepted: a new number
+                                  * is a new transaction */
     enum smtp_policy_cmd pend_cmd;   /* SMTP_STATE_POLICY: which one */
     enum smtp_state pend_state;  /* the state to go back to */
     char *pend_arg;              /* its argument (HELO name, address) */

@@ -2092,5 +2092,161 @@ end''')}, sources={"relay_control": "scripts.relay_control"},
             "CHECKFILE 12000000 %s 1" % ("true" if day else "false")])
 
 
+
+# --- regressions from a code review -----------------------------------------
+
+class ReviewRegressionTest(PolicyTest):
+    """
+    Found by reading the policy core (each crashed or lost mail before its
+    fix); the daemon must survive and answer as documented.
+    """
+
+    def test_wait_inside_a_c_boundary_starts_nothing(self):
+        # msys.sleep inside a gsub callback cannot yield (C boundary): it
+        # used to arm its timer anyway, which then woke a finished run
+        # (assertion, or use-after-free) or cut a later sleep short.
+        d = self.policy_daemon({"zz": module("zz", r"""
+function mod:validate_ehlo(str, accept, vctx)
+  local ok, e = pcall(string.gsub, "x", ".", function() msys.sleep(0.3) end)
+  print("PCALL", ok, e)
+  return msys.core.VALIDATE_CONT
+end
+function mod:validate_mailfrom(str, accept, vctx)
+  local t0 = os.time()
+  msys.sleep(1)
+  print("SLEPT")
+  return msys.core.VALIDATE_CONT
+end""")})
+        c = self.session(d, ehlo=False)
+        self.assertReply(c.cmd("EHLO x.test"), 250)
+        self.assertRegex(self.wait_printed(d, r"^PCALL")[0],
+                         r"^PCALL false .*yield across")
+        t0 = time.monotonic()
+        self.assertReply(c.cmd("MAIL FROM:<a@b.test>", timeout=h.t(10)), 250)
+        # the stray 0.3 s timer must not end the 1 s sleep early
+        self.assertGreaterEqual(time.monotonic() - t0, 0.9)
+        time.sleep(0.5)
+        self.assertIsNone(d.proc.poll())
+        self.assertReply(c.cmd("QUIT"), 221)
+
+    def test_module_table_with_a_raising_index(self):
+        # Looking up callouts on a table whose __index raises used to run
+        # outside a protected call: abort at start, and at reload.
+        good = module("zz", r"""
+function mod:validate_ehlo(s, a, v) return msys.core.VALIDATE_CONT end""")
+        bad = r"""
+local mod = setmetatable({}, {__index = function(t, k) error("boom " .. k) end})
+function mod.validate_ehlo(self) return msys.core.VALIDATE_CONT end
+msys.registerModule("zz", mod)
+"""
+        d = self.policy_daemon({"zz": bad})
+        c = self.session(d, ehlo=False)
+        self.assertReply(c.cmd("EHLO x.test"), 250)
+        self.write_script(d, "zz", good)
+        d.send_signal(signal.SIGHUP)
+        wait_until(lambda: "scriptlet generation applied" in d.paniclog(),
+                   h.t(10), "the reload")
+        self.assertIsNone(d.proc.poll())
+
+    def test_checkfile_result_with_a_raising_index(self):
+        # Reading the Actions CheckFile returned used to run its __index
+        # unprotected, on the delivery side: abort, and after a restart a
+        # crash loop (the message is spooled).
+        d = self.policy_daemon({"relayout": r"""
+function CheckFile(filename, actions, size, createtime, mailfrom,
+                   recipients, headerdata, headerlines)
+  return setmetatable({}, {__index = function(t, k) error("no " .. k) end})
+end
+"""})
+        tok, m = h.make_message()
+        self.assertReply(h.send_raw_message(self.session(d), m), 250)
+        time.sleep(1)
+        self.assertIsNone(d.proc.poll())
+        self.assertTokens(d.spool(), present=[tok])
+
+    def test_callout_coroutines_cannot_be_resumed_by_scripts(self):
+        d = self.policy_daemon({"zz": module("zz", r"""
+local saved
+function mod:validate_mailfrom(str, accept, vctx)
+  if str == "a@x.test" then
+    saved = coroutine.running()
+    msys.sleep(0.5)
+    print("A WOKE")
+  elseif saved then
+    print("RESUME", pcall(coroutine.resume, saved))
+  end
+  return msys.core.VALIDATE_CONT
+end""")})
+        a = self.session(d)
+        b = self.session(d)
+        a.send(b"MAIL FROM:<a@x.test>\r\n")
+        time.sleep(0.1)
+        self.assertReply(b.cmd("MAIL FROM:<b@x.test>"), 250)
+        self.assertRegex(self.wait_printed(d, r"^RESUME")[0],
+                         r"^RESUME false .*cannot resume the coroutine")
+        self.assertReply(a.read_reply(h.t(10)), 250)
+        self.wait_printed(d, r"^A WOKE$")
+
+    def test_vctx_mess_is_emptied_by_rset(self):
+        d = self.policy_daemon({"zz": module("zz", r"""
+function mod:validate_rcptto(msg, str, accept, vctx)
+  if str:find("spam") then vctx:set(msys.core.VCTX_MESS, "flag", "spam") end
+  return msys.core.VALIDATE_CONT
+end
+function mod:validate_data(msg, accept, vctx)
+  print("FLAG", tostring(vctx:get(msys.core.VCTX_MESS, "flag")))
+  return msys.core.VALIDATE_CONT
+end""")})
+        c = self.session(d)
+        self.assertReply(c.cmd("MAIL FROM:<a@x.test>"), 250)
+        self.assertReply(c.cmd("RCPT TO:<spam@x.test>"), 250)
+        self.assertReply(c.cmd("RSET"), 250)
+        tok, m = h.make_message(rcpts=("clean@x.test",))
+        self.assertReply(h.send_raw_message(c, m, rcpts=("clean@x.test",)),
+                         250)
+        self.assertEqual(self.wait_printed(d, r"^FLAG")[0], "FLAG nil")
+
+    def test_disconnect_with_a_2xx_code_refuses(self):
+        # vctx:disconnect(250, ...) in a data phase used to answer 250 and
+        # keep nothing: mail lost.
+        d = self.policy_daemon({"zz": module("zz", r"""
+function mod:validate_data(msg, accept, vctx)
+  vctx:disconnect(250, "2.0.0 Ok: queued")
+  return msys.core.VALIDATE_CONT
+end""")})
+        tok, m = h.make_message()
+        r = h.send_raw_message(self.session(d), m)
+        self.assertEqual(r.code, 421, r)
+        self.assertTokens(d.spool(), absent=[tok])
+
+    def test_header_name_with_blanks_before_the_colon(self):
+        d = self.policy_daemon({"zz": module("zz", r"""
+function mod:validate_data(msg, accept, vctx)
+  print("SUBJ", msg:header("Subject")[1])
+  msg:header("Subject", "replaced")
+  return msys.core.VALIDATE_CONT
+end""")})
+        tok, m = h.make_message(headers=("Subject : buy now",))
+        m = m.replace(b"Subject: ", b"X-Old-Subject: ", 1) \
+            if m.count(b"Subject") > 1 else m
+        self.assertReply(h.send_raw_message(self.session(d), m), 250)
+        self.assertIn("SUBJ buy now", self.printed(d))
+        [sp] = d.spool().by_token(tok)
+        hdrs = header_block(sp["body"])
+        self.assertEqual(hdrs.count(b"Subject: replaced"), 1)
+        self.assertNotIn(b"Subject : buy now", hdrs)
+
+    def test_discard_outside_the_data_phases_fails_closed(self):
+        d = self.policy_daemon({"zz": module("zz", r"""
+function mod:validate_rcptto(msg, str, accept, vctx)
+  msg:discard("too early")
+  return msys.core.VALIDATE_CONT
+end""")})
+        c = self.session(d)
+        self.assertReply(c.cmd("MAIL FROM:<a@x.test>"), 250)
+        self.assertReply(c.cmd("RCPT TO:<r@x.test>"), 451)
+        self.assertRegex(d.paniclog(), r"discard\(\) works in the data "
+                                       r"phases only")
+
 if __name__ == "__main__":
     h.main(timeout=400)
