@@ -57,7 +57,7 @@ enum outcome {
 };
 
 __thread struct policy_run *policy_cur;
-__thread long policy_pcall_budget;
+static __thread long policy_pcall_budget;
 
 static const char *const phase_names[POLICY_PHASE_COUNT] = {
     [POLICY_CONNECT] = "validate_connect",
@@ -234,9 +234,11 @@ policy_hook_reset(lua_State *L)
 }
 
 
-/* pcall_budget - run the function and nargs below it with the budget */
-static int
-pcall_budget(struct policy_master *m, int nargs, int nres, const char **err)
+/* policy_pcall - run the function and nargs below it, protected, with the
+ * instruction budget (init, deinit, dealloc, timers, CheckFile); on error
+ * *err is the message, left on the stack for the caller to pop */
+int
+policy_pcall(struct policy_master *m, int nargs, int nres, const char **err)
 {
     lua_State *L = m->L;
     int rc;
@@ -288,7 +290,7 @@ module_call(struct policy_master *m, struct policy_module *mod,
     lua_rawget(L, -2);
     lua_insert(L, -2);
     m->in_c = 0;
-    if (pcall_budget(m, 1, 1, err) != 0) {
+    if (policy_pcall(m, 1, 1, err) != 0) {
         lua_pop(L, 1);
         return -1;
     }
@@ -341,7 +343,7 @@ policy_master_build(struct policy_gen *g, struct policy_engine *pe,
             errf(err, errlen, "%s", lua_tostring(m->L, -1));
             lua_pop(m->L, 1);
             failed = 1;
-        } else if (pcall_budget(m, 0, 0, &e) != 0) {
+        } else if (policy_pcall(m, 0, 0, &e) != 0) {
             errf(err, errlen, "%s", e);
             lua_pop(m->L, 1);
             failed = 1;
@@ -543,11 +545,9 @@ callout_resume(struct policy_run *r, int nargs)
     int rc;
 
     policy_cur = r;
-    r->in_resume = 1;
     m->in_c = 0;
     rc = lua_resume(co, nargs);
     m->in_c = 1;                 /* until we are out of this function */
-    r->in_resume = 0;
     policy_cur = prev;
     rc = callout_outcome(r, rc);
     m->in_c = 0;
@@ -570,7 +570,6 @@ callout_outcome(struct policy_run *r, int rc)
         co_drop(m, r->co_ref);
         ps->pe->stats.budget_exhausted++;
         if (r->killed_mem) {
-            m->retired = 1;      /* replaced by a fresh state */
             run_fail(r, "memory limit reached (the state is replaced)");
         } else {
             run_fail(r, "instruction budget exhausted");
@@ -599,10 +598,8 @@ callout_outcome(struct policy_run *r, int rc)
         char why[512];
         const char *e = lua_tostring(co, -1);
 
-        if (m->oom) {
+        if (m->oom)              /* replaced by a fresh state */
             ps->pe->stats.budget_exhausted++;
-            m->retired = 1;      /* replaced by a fresh state */
-        }
         snprintf(why, sizeof why, "%s%s", e != NULL ? e : "(null)",
                  m->oom ? " (memory limit reached: the state is replaced)"
                         : "");
@@ -1002,7 +999,6 @@ master_retire(struct policy_engine *pe, struct policy_master *m)
         policy_master_close(m);
         return;
     }
-    m->retired = 1;
     m->next = pe->old;
     pe->old = m;
 }
@@ -1048,9 +1044,6 @@ engine_current(struct policy_engine *pe)
 {
     struct policy_master *m = pe->current;
 
-    if (m != NULL && m->retired && m->users == 0 && !m->oom) {
-        m->retired = 0;          /* nothing to replace it with yet */
-    }
     if (m != NULL && m->oom)
         engine_rebuild(pe, m->gen);
     return pe->current;

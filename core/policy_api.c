@@ -349,14 +349,11 @@ timer_fire(struct op *op, int res, uint32_t flags)
     }
     L = m->L;
     lua_rawgeti(L, LUA_REGISTRYINDEX, t->fn_ref);
-    policy_pcall_budget = (long)policy_opts_live.instruction_budget;
-    if (lua_pcall(L, 0, 0, 0) != 0) {
-        e = lua_tostring(L, -1);
+    if (policy_pcall(m, 0, 0, &e) != 0) {
         policy_paniclog("timer %s error: %s", t->name[0] ? t->name : "-",
-                        e ? e : "(null)");
+                        e);
         lua_pop(L, 1);
     }
-    policy_hook_reset(L);
     if (t->interval_ms > 0 && t->m != NULL) {
         timer_arm(t, t->interval_ms);
         return;
@@ -629,48 +626,63 @@ policy_api_modules(lua_State *L, struct policy_master *m, char *err,
 
 #define VCTX_MT "ringmail.vctx"
 
-struct vctx_ud {
+/*
+ * The objects a callout gets (vctx, msg, accept, buff) are one userdata
+ * shape: the session and the serial of the run that made them. They are
+ * valid only while that run executes (policy_int.h), so one a script
+ * kept in a global cannot reach a finished or freed session.
+ */
+struct policy_ud {
     struct policy_sess *ps;
     uint64_t serial;
 };
 
 
-/* vctx_check - the session behind a vctx, if its callout is running */
-static struct policy_sess *
-vctx_check(lua_State *L, int idx)
+void
+policy_ud_push(lua_State *L, struct policy_run *r, const char *mt)
 {
-    struct vctx_ud *u = luaL_checkudata(L, idx, VCTX_MT);
+    struct policy_ud *u = lua_newuserdata(L, sizeof *u);
+
+    u->ps = r->ps;
+    u->serial = r->serial;
+    luaL_getmetatable(L, mt);
+    lua_setmetatable(L, -2);
+}
+
+
+/* policy_ud_check - the session behind the object at idx, if its callout
+ * is the one running; a Lua error naming what otherwise */
+struct policy_sess *
+policy_ud_check(lua_State *L, int idx, const char *mt, const char *what)
+{
+    struct policy_ud *u = luaL_checkudata(L, idx, mt);
     struct policy_run *r = policy_cur;
 
     if (r == NULL || r->ps != u->ps || r->serial != u->serial)
-        luaL_error(L, "vctx used outside the callout it was given to");
+        luaL_error(L, "%s used outside the callout it was given to", what);
     return u->ps;
+}
+
+
+static struct policy_sess *
+vctx_check(lua_State *L, int idx)
+{
+    return policy_ud_check(L, idx, VCTX_MT, "vctx");
 }
 
 
 void
 policy_push_vctx(lua_State *L, struct policy_run *r)
 {
-    struct vctx_ud *u = lua_newuserdata(L, sizeof *u);
-
-    u->ps = r->ps;
-    u->serial = r->serial;
-    luaL_getmetatable(L, VCTX_MT);
-    lua_setmetatable(L, -2);
+    policy_ud_push(L, r, VCTX_MT);
 }
 
 
 static enum policy_ctx
 vctx_type(lua_State *L, int idx)
 {
-    int t = (int)luaL_checkinteger(L, idx);
-
-    if (t == 1)
-        return POLICY_CTX_VMESS;
-    if (t == 2)
-        return POLICY_CTX_VCONN;
-    luaL_argerror(L, idx, "expected msys.core.VCTX_MESS or VCTX_CONN");
-    return POLICY_CTX_VMESS;
+    return policy_ctx_arg(L, idx, POLICY_CTX_VMESS, POLICY_CTX_VCONN,
+                          "expected msys.core.VCTX_MESS or VCTX_CONN");
 }
 
 
@@ -678,15 +690,8 @@ static int
 vctx_get(lua_State *L)
 {
     struct policy_sess *ps = vctx_check(L, 1);
-    enum policy_ctx c = vctx_type(L, 2);
-    const struct policy_kv *kv = policy_ctx_get(ps, c, luaL_checkstring(L,
-                                                                       3));
 
-    if (kv == NULL)
-        lua_pushnil(L);
-    else
-        lua_pushlstring(L, kv->val, kv->len);
-    return 1;
+    return policy_ctx_lua_get(L, ps, vctx_type(L, 2), 3);
 }
 
 
@@ -695,17 +700,11 @@ vctx_set(lua_State *L)
 {
     struct policy_sess *ps = vctx_check(L, 1);
     enum policy_ctx c = vctx_type(L, 2);
-    const char *key = luaL_checkstring(L, 3);
-    size_t len;
-    const char *val;
+    int rc = policy_ctx_lua_set(L, ps, c, 3);
 
-    lua_getglobal(L, "tostring");
-    lua_pushvalue(L, 4);
-    lua_call(L, 1, 1);
-    val = lua_tolstring(L, -1, &len);
-    if (val == NULL)
+    if (rc == -2)
         return luaL_error(L, "vctx:set: value has no string form");
-    if (policy_ctx_set(ps, c, key, val, len) < 0)
+    if (rc < 0)
         return luaL_error(L, "vctx:set: the %s context is full (%d bytes)",
                           c == POLICY_CTX_VCONN ? "VCTX_CONN" : "VCTX_MESS",
                           c == POLICY_CTX_VCONN ? POLICY_CTX_CONN_MAX
@@ -714,9 +713,11 @@ vctx_set(lua_State *L)
 }
 
 
-/* reply_set - code and text into the result; text without CR/LF */
-static void
-reply_set(lua_State *L, struct policy_sess *ps, int code, const char *text)
+/* policy_reply_set - code and text into the result; text without CR/LF
+ * (vctx:set_code, vctx:disconnect, msg:code) */
+void
+policy_reply_set(lua_State *L, struct policy_sess *ps, int code,
+                 const char *text)
 {
     char clean[POLICY_TEXT_MAX - 8];
     size_t i, n = 0;
@@ -745,7 +746,7 @@ vctx_set_code(lua_State *L)
     struct policy_sess *ps = vctx_check(L, 1);
     int code = (int)luaL_checkinteger(L, 2);
 
-    reply_set(L, ps, code, luaL_optstring(L, 3, ""));
+    policy_reply_set(L, ps, code, luaL_optstring(L, 3, ""));
     if (code < 400)
         ps->result.code = 0;     /* 2xx: go on as usual */
     return 0;
@@ -762,7 +763,7 @@ vctx_disconnect(lua_State *L)
      * claim a message was taken. */
     if (code < 400)
         code = 421;
-    reply_set(L, ps, code, luaL_optstring(L, 3,
+    policy_reply_set(L, ps, code, luaL_optstring(L, 3,
                                           "4.7.0 Connection closed by "
                                           "policy"));
     ps->result.disconnect = 1;
@@ -894,7 +895,6 @@ dns_lookup_start(struct policy_run *r, void *arg)
 {
     struct dns_lookup *dl = arg;
 
-    r->dns_req = dl;
     dns_lookup_rr(r->ps->pe->dns, dl->name, dl->qtype, &dl->req,
                   dns_lookup_done);
 }
@@ -917,7 +917,6 @@ dns_lookup_done(struct dns_rr_req *req)
     int mx = req->type == dns_rr_type("MX");
     size_t i;
 
-    r->dns_req = NULL;
     m->in_c = 1;                 /* pushing the answer: see policy_panic */
     if (req->status != DNS_OK) {
         lua_pushnil(co);

@@ -108,7 +108,6 @@ struct policy_master {
     int over;                    /* past memory_limit: the hook decides */
     int in_c;                    /* the runner's own Lua calls: the
                                   * allocator allows POLICY_C_SLACK more */
-    int retired;                 /* no new sessions; close when unused */
     unsigned users;              /* sessions pinning it */
     int *spare;                  /* registry refs of idle coroutines */
     unsigned spare_count;
@@ -141,16 +140,13 @@ struct policy_run {
     unsigned active : 1;         /* a phase is in progress */
     unsigned async : 1;          /* policy_run() already returned 1 */
     unsigned cancelled : 1;
-    unsigned in_resume : 1;
     int waiting;                 /* POLICY_WAIT_*: what the yield awaits */
     policy_done_fn *done;
     void *done_arg;
     struct op timer_op;
-    struct op cancel_op;
     struct __kernel_timespec ts;
     unsigned timer_armed : 1;
     unsigned cancel_busy : 1;
-    void *dns_req;               /* msys.dnsLookup in flight (policy_api.c) */
     /* policy_wait_prepare(): what to start when the yield succeeds, or to
      * drop when it did not (a C boundary turned it into an error) */
     policy_wait_fn *wait_start;
@@ -214,7 +210,6 @@ struct policy_sess {
     char *binding_group;
     char *routing_domain;
     unsigned priority;
-    int discard;
     struct iovec *out_body;      /* built by policy_msg_out() */
 };
 
@@ -235,8 +230,9 @@ struct policy_engine {
 
 extern struct policy_opts policy_opts_live;
 extern __thread struct policy_run *policy_cur;
-extern __thread long policy_pcall_budget;
 void policy_hook_reset(lua_State *L);
+int policy_pcall(struct policy_master *m, int nargs, int nres,
+                 const char **err);
 
 /* policy.c */
 struct policy_master *policy_master_build(struct policy_gen *g,
@@ -258,7 +254,12 @@ void policy_api_open(lua_State *L, struct policy_master *m);
 int policy_api_modules(lua_State *L, struct policy_master *m, char *err,
                        size_t errlen);
 struct policy_run *policy_check_run(lua_State *L);
+void policy_ud_push(lua_State *L, struct policy_run *r, const char *mt);
+struct policy_sess *policy_ud_check(lua_State *L, int idx, const char *mt,
+                                    const char *what);
 void policy_push_vctx(lua_State *L, struct policy_run *r);
+void policy_reply_set(lua_State *L, struct policy_sess *ps, int code,
+                      const char *text);
 void policy_libs_open(lua_State *L);      /* policy_libs.c */
 void lualib_db_open(lua_State *L);        /* lualib_db.c */
 const struct policy_src *policy_gen_module(const struct policy_gen *g,
@@ -272,5 +273,11 @@ int policy_ctx_set(struct policy_sess *ps, enum policy_ctx c,
 const struct policy_kv *policy_ctx_get(const struct policy_sess *ps,
                                        enum policy_ctx c, const char *key);
 void policy_msg_reset(struct policy_sess *ps);
+enum policy_ctx policy_ctx_arg(lua_State *L, int idx, enum policy_ctx mess,
+                               enum policy_ctx conn, const char *expected);
+int policy_ctx_lua_get(lua_State *L, struct policy_sess *ps,
+                       enum policy_ctx c, int kidx);
+int policy_ctx_lua_set(lua_State *L, struct policy_sess *ps,
+                       enum policy_ctx c, int kidx);
 
 #endif

@@ -50,12 +50,6 @@
 #define MSG_MT "ringmail.msg"
 #define POLICY_HDR_BLOCK_MAX (1u << 20)
 
-struct msg_ud {
-    struct policy_sess *ps;
-    uint64_t serial;
-};
-
-
 static struct arena *
 mess_arena(struct policy_sess *ps)
 {
@@ -166,7 +160,6 @@ policy_msg_reset(struct policy_sess *ps)
     ps->binding_group = NULL;
     ps->routing_domain = NULL;
     ps->priority = 0;
-    ps->discard = 0;
     ps->out_body = NULL;
 }
 
@@ -176,12 +169,7 @@ policy_msg_reset(struct policy_sess *ps)
 static struct policy_sess *
 msg_check(lua_State *L, int idx)
 {
-    struct msg_ud *u = luaL_checkudata(L, idx, MSG_MT);
-    struct policy_run *r = policy_cur;
-
-    if (r == NULL || r->ps != u->ps || r->serial != u->serial)
-        luaL_error(L, "msg used outside the callout it was given to");
-    return u->ps;
+    return policy_ud_check(L, idx, MSG_MT, "msg");
 }
 
 
@@ -206,6 +194,35 @@ safe_value(lua_State *L, const char *v, size_t len, const char *what)
         if (v[i] == '\r' || v[i] == '\n' || v[i] == '\0')
             luaL_error(L, "%s: CR, LF and NUL are not allowed", what);
     }
+}
+
+
+/* header_line_end - the end of the header line at p: after the CRLF that
+ * is not followed by SP or HT (folding), or end */
+static const char *
+header_line_end(const char *p, const char *end)
+{
+    while (p < end) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+
+        if (nl == NULL)
+            return end;
+        p = nl + 1;
+        if (p >= end || (*p != ' ' && *p != '\t'))
+            return p;
+    }
+    return end;
+}
+
+
+/* header_name_end - the end of the name before colon: "Subject : x"
+ * (RFC 5322's obsolete form) is a Subject */
+static const char *
+header_name_end(const char *start, const char *colon)
+{
+    while (colon > start && (colon[-1] == ' ' || colon[-1] == '\t'))
+        colon--;
+    return colon;
 }
 
 
@@ -264,28 +281,13 @@ headers_parse(struct policy_sess *ps, const struct policy_txn *t)
 
         if (end - p >= 2 && p[0] == '\r' && p[1] == '\n')
             break;               /* the blank line */
-        /* A header line runs to a CRLF not followed by SP or HT. */
-        while (p < end) {
-            char *nl = memchr(p, '\n', (size_t)(end - p));
-
-            if (nl == NULL) {
-                p = end;
-                break;
-            }
-            p = nl + 1;
-            if (p >= end || (*p != ' ' && *p != '\t'))
-                break;
-        }
+        p = (char *)header_line_end(p, end);
         colon = memchr(start, ':', (size_t)(p - start));
         h = arena_zalloc(a, sizeof *h);
         /* A line that is not a header keeps its place, under no name. */
         if (colon != NULL) {
-            const char *ne = colon;
-
-            /* "Subject : x" (RFC 5322's obsolete form) is a Subject */
-            while (ne > start && (ne[-1] == ' ' || ne[-1] == '\t'))
-                ne--;
-            h->name = arena_strndup(a, start, (size_t)(ne - start));
+            h->name = arena_strndup(a, start, (size_t)(header_name_end(
+                                                  start, colon) - start));
             h->value = colon + 1;
         } else {
             h->name = "";
@@ -591,26 +593,32 @@ msg_binding_group(lua_State *L)
 }
 
 
-static enum policy_ctx
-msg_ctx_type(lua_State *L, int idx)
+/* --- context stores from Lua: vctx:get/set and msg:context_* -------- */
+
+/* policy_ctx_arg - the store a type argument names: 1 (the MESS
+ * constants) or 2 (the CONN ones); a Lua error naming expected otherwise */
+enum policy_ctx
+policy_ctx_arg(lua_State *L, int idx, enum policy_ctx mess,
+               enum policy_ctx conn, const char *expected)
 {
     int t = (int)luaL_checkinteger(L, idx);
 
     if (t == 1)
-        return POLICY_CTX_MMESS;
+        return mess;
     if (t == 2)
-        return POLICY_CTX_MCONN;
-    luaL_argerror(L, idx, "expected msys.core.ECMESS_CTX_MESS or _CONN");
-    return POLICY_CTX_MMESS;
+        return conn;
+    luaL_argerror(L, idx, expected);
+    return mess;
 }
 
 
-static int
-msg_context_get(lua_State *L)
+/* policy_ctx_lua_get - push store c's value for the key at kidx, or nil */
+int
+policy_ctx_lua_get(lua_State *L, struct policy_sess *ps, enum policy_ctx c,
+                   int kidx)
 {
-    struct policy_sess *ps = msg_check(L, 1);
-    const struct policy_kv *kv = policy_ctx_get(ps, msg_ctx_type(L, 2),
-                                                luaL_checkstring(L, 3));
+    const struct policy_kv *kv = policy_ctx_get(ps, c,
+                                                luaL_checkstring(L, kidx));
 
     if (kv == NULL)
         lua_pushnil(L);
@@ -620,20 +628,50 @@ msg_context_get(lua_State *L)
 }
 
 
-static int
-msg_context_set(lua_State *L)
+/* policy_ctx_lua_set - tostring(value at kidx + 1) under the key at kidx:
+ * 0, -1 when the store is full or the key bad, -2 when the value has no
+ * string form */
+int
+policy_ctx_lua_set(lua_State *L, struct policy_sess *ps, enum policy_ctx c,
+                   int kidx)
 {
-    struct policy_sess *ps = msg_check(L, 1);
-    enum policy_ctx c = msg_ctx_type(L, 2);
-    const char *key = luaL_checkstring(L, 3);
+    const char *key = luaL_checkstring(L, kidx);
     const char *v;
     size_t len;
 
     lua_getglobal(L, "tostring");
-    lua_pushvalue(L, 4);
+    lua_pushvalue(L, kidx + 1);
     lua_call(L, 1, 1);
     v = lua_tolstring(L, -1, &len);
-    if (v == NULL || policy_ctx_set(ps, c, key, v, len) < 0)
+    if (v == NULL)
+        return -2;
+    return policy_ctx_set(ps, c, key, v, len) < 0 ? -1 : 0;
+}
+
+
+static enum policy_ctx
+msg_ctx_type(lua_State *L, int idx)
+{
+    return policy_ctx_arg(L, idx, POLICY_CTX_MMESS, POLICY_CTX_MCONN,
+                          "expected msys.core.ECMESS_CTX_MESS or _CONN");
+}
+
+
+static int
+msg_context_get(lua_State *L)
+{
+    struct policy_sess *ps = msg_check(L, 1);
+
+    return policy_ctx_lua_get(L, ps, msg_ctx_type(L, 2), 3);
+}
+
+
+static int
+msg_context_set(lua_State *L)
+{
+    struct policy_sess *ps = msg_check(L, 1);
+
+    if (policy_ctx_lua_set(L, ps, msg_ctx_type(L, 2), 3) < 0)
         return luaL_error(L, "msg:context_set: context full or bad key");
     return 0;
 }
@@ -734,7 +772,6 @@ msg_discard(lua_State *L)
         return luaL_error(L, "msg:discard() works in the data phases only "
                              "(in %s, refuse with vctx:set_code)",
                           policy_phase_name(ph));
-    ps->discard = 1;
     ps->result.discard = 1;
     if (!lua_isnoneornil(L, 2))
         policy_paniclog("message discarded: %s", luaL_checkstring(L, 2));
@@ -747,18 +784,11 @@ msg_code(lua_State *L)
 {
     struct policy_sess *ps = msg_check(L, 1);
     int code = (int)luaL_checkinteger(L, 2);
-    const char *text = luaL_optstring(L, 3, "");
 
     if (code < 200 || code > 599)
         return luaL_error(L, "msg:code: code %d out of range", code);
-    if (code >= 400) {
-        ps->result.code = code;
-        snprintf(ps->result.text, sizeof ps->result.text, "%d %s", code,
-                 text[0] ? text : "5.7.1 Rejected by policy");
-        for (char *p = ps->result.text; *p; p++)
-            if (*p == '\r' || *p == '\n')
-                *p = ' ';
-    }
+    if (code >= 400)             /* 2xx and 3xx change nothing */
+        policy_reply_set(L, ps, code, luaL_optstring(L, 3, ""));
     return 0;
 }
 
@@ -812,18 +842,6 @@ msg_newindex(lua_State *L)
 }
 
 
-static void
-push_msg(lua_State *L, struct policy_run *r)
-{
-    struct msg_ud *u = lua_newuserdata(L, sizeof *u);
-
-    u->ps = r->ps;
-    u->serial = r->serial;
-    luaL_getmetatable(L, MSG_MT);
-    lua_setmetatable(L, -2);
-}
-
-
 /*
  * accept: Momentum's accept construct, here the connection's addresses.
  * A userdata read through __index, so a callout that never looks pays
@@ -861,14 +879,9 @@ accept_local(struct policy_sess *ps)
 static int
 accept_index(lua_State *L)
 {
-    struct msg_ud *u = luaL_checkudata(L, 1, ACCEPT_MT);
+    struct policy_sess *ps = policy_ud_check(L, 1, ACCEPT_MT, "accept");
     const char *k = luaL_checkstring(L, 2);
-    struct policy_run *r = policy_cur;
-    struct policy_sess *ps = u->ps;
 
-    if (r == NULL || r->ps != ps || r->serial != u->serial)
-        return luaL_error(L, "accept used outside the callout it was "
-                             "given to");
     if (strcmp(k, "remote_ip") == 0) {
         lua_pushstring(L, ps->conn.peer_ip ? ps->conn.peer_ip : "");
     } else if (strcmp(k, "remote_port") == 0) {
@@ -886,18 +899,6 @@ accept_index(lua_State *L)
 }
 
 
-static void
-push_accept(lua_State *L, struct policy_run *r)
-{
-    struct msg_ud *u = lua_newuserdata(L, sizeof *u);
-
-    u->ps = r->ps;
-    u->serial = r->serial;
-    luaL_getmetatable(L, ACCEPT_MT);
-    lua_setmetatable(L, -2);
-}
-
-
 /* buff: Momentum's ec_string for a char * + int hook parameter */
 #define BUFF_MT "ringmail.buff"
 
@@ -905,13 +906,10 @@ push_accept(lua_State *L, struct policy_run *r)
 static int
 buff_set(lua_State *L)
 {
-    struct policy_sess *ps = *(struct policy_sess **)luaL_checkudata(L, 1,
-                                                                     BUFF_MT);
+    struct policy_sess *ps = policy_ud_check(L, 1, BUFF_MT, "buff");
     size_t len;
     const char *v = luaL_checklstring(L, 2, &len);
 
-    if (policy_cur == NULL || policy_cur->ps != ps)
-        return luaL_error(L, "buff used outside its hook");
     safe_value(L, v, len, "buff:set");
     if (len == 0 || len > 255)
         return luaL_error(L, "buff:set: expected 1 to 255 characters");
@@ -923,8 +921,7 @@ buff_set(lua_State *L)
 static int
 buff_len(lua_State *L)
 {
-    struct policy_sess *ps = *(struct policy_sess **)luaL_checkudata(L, 1,
-                                                                     BUFF_MT);
+    struct policy_sess *ps = policy_ud_check(L, 1, BUFF_MT, "buff");
 
     lua_pushinteger(L, ps->routing_domain ? (lua_Integer)strlen(
                                                 ps->routing_domain) : 0);
@@ -935,22 +932,10 @@ buff_len(lua_State *L)
 static int
 buff_tostring(lua_State *L)
 {
-    struct policy_sess *ps = *(struct policy_sess **)luaL_checkudata(L, 1,
-                                                                     BUFF_MT);
+    struct policy_sess *ps = policy_ud_check(L, 1, BUFF_MT, "buff");
 
     lua_pushstring(L, ps->routing_domain ? ps->routing_domain : "");
     return 1;
-}
-
-
-static void
-push_buff(lua_State *L, struct policy_run *r)
-{
-    struct policy_sess **u = lua_newuserdata(L, sizeof *u);
-
-    *u = r->ps;
-    luaL_getmetatable(L, BUFF_MT);
-    lua_setmetatable(L, -2);
 }
 
 
@@ -962,19 +947,19 @@ policy_push_callout_args(lua_State *L, struct policy_run *r)
 
     switch (r->phase) {
     case POLICY_CONNECT:
-        push_accept(L, r);
+        policy_ud_push(L, r, ACCEPT_MT);
         policy_push_vctx(L, r);
         break;
     case POLICY_EHLO:
     case POLICY_MAILFROM:
         lua_pushstring(L, t && t->str ? t->str : "");
-        push_accept(L, r);
+        policy_ud_push(L, r, ACCEPT_MT);
         policy_push_vctx(L, r);
         break;
     case POLICY_RCPTTO:
-        push_msg(L, r);
+        policy_ud_push(L, r, MSG_MT);
         lua_pushstring(L, t && t->str ? t->str : "");
-        push_accept(L, r);
+        policy_ud_push(L, r, ACCEPT_MT);
         policy_push_vctx(L, r);
         break;
     case POLICY_RCPTTO_LIST:
@@ -989,17 +974,17 @@ policy_push_callout_args(lua_State *L, struct policy_run *r)
     case POLICY_DATA:
     case POLICY_DATA_SPOOL:
     case POLICY_DATA_SPOOL_EACH_RCPT:
-        push_msg(L, r);
-        push_accept(L, r);
+        policy_ud_push(L, r, MSG_MT);
+        policy_ud_push(L, r, ACCEPT_MT);
         policy_push_vctx(L, r);
         break;
     case POLICY_SET_BINDING:
-        push_msg(L, r);
+        policy_ud_push(L, r, MSG_MT);
         break;
     case POLICY_HOOK_ROUTING:
         lua_pushnil(L);                          /* scope */
-        push_msg(L, r);
-        push_buff(L, r);
+        policy_ud_push(L, r, MSG_MT);
+        policy_ud_push(L, r, BUFF_MT);
         break;
     default:
         break;
@@ -1147,17 +1132,7 @@ push_header_tables(lua_State *L, const char *data, uint64_t len)
 
         if (end - p >= 2 && p[0] == '\r' && p[1] == '\n')
             break;
-        while (p < end) {
-            const char *nl = memchr(p, '\n', (size_t)(end - p));
-
-            if (nl == NULL) {
-                p = end;
-                break;
-            }
-            p = nl + 1;
-            if (p >= end || (*p != ' ' && *p != '\t'))
-                break;
-        }
+        p = header_line_end(p, end);
         ve = p;
         while (ve > start && (ve[-1] == '\r' || ve[-1] == '\n'))
             ve--;
@@ -1169,13 +1144,8 @@ push_header_tables(lua_State *L, const char *data, uint64_t len)
         v = colon + 1;
         while (v < ve && (*v == ' ' || *v == '\t'))
             v++;
-        {
-            const char *ne = colon;
-
-            while (ne > start && (ne[-1] == ' ' || ne[-1] == '\t'))
-                ne--;
-            lua_pushlstring(L, start, (size_t)(ne - start));
-        }
+        lua_pushlstring(L, start,
+                        (size_t)(header_name_end(start, colon) - start));
         lua_pushlstring(L, v, (size_t)(ve - v));
         lua_rawset(L, -4);
     }
@@ -1211,6 +1181,7 @@ policy_relay_check(struct policy_engine *pe, const struct policy_relay_msg *m,
         struct tm tm;
         time_t t = (time_t)m->created_unix;
         int base = lua_gettop(L), rc, k;
+        const char *e;
 
         if (!(mod->methods & POLICY_M_CHECKFILE))
             continue;
@@ -1240,16 +1211,11 @@ policy_relay_check(struct policy_engine *pe, const struct policy_relay_msg *m,
             lua_rawseti(L, -2, k + 1);
         }
         push_header_tables(L, m->data, m->data_bytes);  /* Data, Lines */
-        policy_pcall_budget = (long)policy_opts_live.instruction_budget;
         m0->in_c = 0;
-        rc = lua_pcall(L, 9, 1, 0);
+        rc = policy_pcall(m0, 9, 1, &e);
         m0->in_c = 1;
-        policy_hook_reset(L);
         if (rc != 0) {
-            const char *e = lua_tostring(L, -1);
-
-            policy_paniclog("%s: CheckFile error: %s", mod->name,
-                            e ? e : "(null)");
+            policy_paniclog("%s: CheckFile error: %s", mod->name, e);
             lua_settop(L, base);
             m0->in_c = 0;
             continue;
