@@ -201,6 +201,19 @@ def stat3(values):
     return {"median": statistics.median(v), "min": min(v), "max": max(v), "n": len(v)}
 
 
+def paired(runs, field, a, b, key, op):
+    """op(a's key, b's key) per round, for the runs whose `field` is a and
+    b (both ok, same round): stat3 of them. Interleaved runs compared
+    round by round cancel most of a shared machine's drift."""
+    out = []
+    for rnd in sorted({r["round"] for r in runs}):
+        x = [r[key] for r in runs if r["round"] == rnd and r[field] == a and r.get("ok")]
+        y = [r[key] for r in runs if r["round"] == rnd and r[field] == b and r.get("ok")]
+        if x and y and x[0] is not None and y[0]:
+            out.append(op(x[0], y[0]))
+    return stat3(out)
+
+
 def fmt_stat(st, fmt="%.0f", scale=1.0):
     if st is None:
         return "n/a"

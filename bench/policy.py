@@ -114,26 +114,6 @@ def callout_cost(policy):
     return json.loads(r.stdout)["cpu_ns_per_callout"]
 
 
-def paired_ratio(runs, a, b, key):
-    out = []
-    for rnd in sorted({r["round"] for r in runs}):
-        x = [r[key] for r in runs if r["round"] == rnd and r["policy"] == a and r.get("ok")]
-        y = [r[key] for r in runs if r["round"] == rnd and r["policy"] == b and r.get("ok")]
-        if x and y and y[0]:
-            out.append(x[0] / y[0])
-    return lib.stat3(out)
-
-
-def paired_diff(runs, a, b, key):
-    out = []
-    for rnd in sorted({r["round"] for r in runs}):
-        x = [r[key] for r in runs if r["round"] == rnd and r["policy"] == a and r.get("ok")]
-        y = [r[key] for r in runs if r["round"] == rnd and r["policy"] == b and r.get("ok")]
-        if x and y:
-            out.append(x[0] - y[0])
-    return lib.stat3(out)
-
-
 def main(argv):
     ap = argparse.ArgumentParser(prog="bench/run policy", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -175,8 +155,10 @@ def main(argv):
                "msgs_per_s": lib.stat3([r["msgs_per_s"] for r in good]),
                "cpu_us_per_msg": lib.stat3([r["mta_cpu_us_per_msg"] for r in good])}
         if p != "none":
-            row["throughput_vs_none"] = paired_ratio(runs, p, "none", "msgs_per_s")
-            row["extra_cpu_us_per_msg"] = paired_diff(runs, p, "none", "mta_cpu_us_per_msg")
+            row["throughput_vs_none"] = lib.paired(runs, "policy", p, "none", "msgs_per_s",
+                                                    lambda x, y: x / y)
+            row["extra_cpu_us_per_msg"] = lib.paired(runs, "policy", p, "none",
+                                                      "mta_cpu_us_per_msg", lambda x, y: x - y)
             row["us_per_callout"] = lib.stat3([r["callout_cpu_ns"] / 1000.0
                                                for r in runs if r["policy"] == p
                                                and r.get("callout_cpu_ns")])

@@ -324,13 +324,7 @@ def capacity_run(args, redis):
 
 
 def paired(runs, a, b, key, op):
-    out = []
-    for rnd in sorted({r["round"] for r in runs}):
-        x = [r[key] for r in runs if r["round"] == rnd and r["variant"] == a and r.get("ok")]
-        y = [r[key] for r in runs if r["round"] == rnd and r["variant"] == b and r.get("ok")]
-        if x and y and x[0] is not None and y[0]:
-            out.append(op(x[0], y[0]))
-    return lib.stat3(out)
+    return lib.paired(runs, "variant", a, b, key, op)
 
 
 def main(argv):
