@@ -501,6 +501,15 @@ policy_phase_add(struct session *s, enum policy_phase ph)
 }
 
 
+/* policy_ends_phases - a refusal, a disconnect or a discard: the phases
+ * after it do not run (whether it came at once or after a wait) */
+static int
+policy_ends_phases(const struct policy_result *res)
+{
+    return res->code >= 400 || res->disconnect || res->discard;
+}
+
+
 /* session_policy_apply - every phase ran (or one said no): act on it */
 static void
 session_policy_apply(struct session *s)
@@ -559,7 +568,7 @@ session_policy_done(struct policy_sess *ps, void *arg)
      * overwrite its result (as the synchronous path stops in
      * session_policy_step). */
     res = policy_result(ps);
-    if (res->code >= 400 || res->disconnect || res->discard)
+    if (policy_ends_phases(res))
         s->pol_idx = s->pol_count;
     session_policy_step(s);
     if (!s->policy_busy && !s->closing)
@@ -591,7 +600,7 @@ session_policy_step(struct session *s)
             return;
         }
         res = policy_result(s->ps);
-        if (res->code >= 400 || res->disconnect || res->discard) {
+        if (policy_ends_phases(res)) {
             s->pol_idx = s->pol_count;
             break;
         }
