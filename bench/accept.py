@@ -2,8 +2,10 @@
 
 Postfix's smtp-source sends MESSAGES messages of SIZE bytes, with 10 and 50
 parallel sessions, one message per connection and with connections reused
-(-d), to ringmaild (durable: each 250 follows an fdatasync) and to Postfix's
-smtp-sink (no spool, no fsync) which gives the ceiling on this machine. Runs are
+(-d), to ringmaild (durable: each 250 follows an fdatasync), to ringmaild with
+Pin_Shards = true (target "pinned": each shard thread pinned to one CPU, the
+earlier default) and to Postfix's smtp-sink (no
+spool, no fsync) which gives the ceiling on this machine. Runs are
 interleaved (round r runs every configuration against both targets, in
 alternating order) so that machine noise hits both alike. Every run gets a fresh
 ringmaild with a fresh spool (and a fresh smtp-sink).
@@ -22,6 +24,10 @@ import lib
 SMTP_SOURCE = "/usr/sbin/smtp-source"
 SMTP_SINK = "/usr/sbin/smtp-sink"
 TIMEOUT = 300  # seconds, for each smtp-source run
+# target -> the lines it adds to lib.CONFIG; the others are smtp-sink
+RINGMAILD_TARGETS = {"ringmail": "", "pinned": "Pin_Shards = true\n"}
+TARGET_NAMES = {"ringmail": "ringmaild", "pinned": "ringmaild, Pin_Shards = true",
+                "sink": "smtp-sink (ceiling)"}
 
 
 def listening(port):
@@ -120,8 +126,9 @@ def one_run(target, sessions, reuse, args):
            "loadavg_before": open("/proc/loadavg").read().split()[:3]}
     srv = None
     try:
-        if target == "ringmail":
-            srv = lib.Ringmaild(lib.make_run_dir("accept"), shards=args.shards).start()
+        if target in RINGMAILD_TARGETS:
+            srv = lib.Ringmaild(lib.make_run_dir("accept"), shards=args.shards,
+                                extra=RINGMAILD_TARGETS[target]).start()
             rec["daemon_command"] = srv.command
             rec["shards"] = srv.shards
         else:
@@ -143,7 +150,7 @@ def one_run(target, sessions, reuse, args):
         # output on stderr makes the run suspect
         rec["source_ok"] = res["rc"] == 0 and not res["timed_out"] and not res["stderr"].strip()
         rec["ok"] = rec["source_ok"]
-        if target == "ringmail":
+        if target in RINGMAILD_TARGETS:
             ex = srv.stop()
             rec["exit"] = ex
             rec["fdatasyncs_per_msg"] = (ex["fdatasyncs"] / ex["messages"]) if ex["messages"] else None
@@ -160,7 +167,7 @@ def one_run(target, sessions, reuse, args):
         rec["error"] = "%s: %s" % (type(e).__name__, e)
     finally:
         if srv is not None:
-            if target == "ringmail":
+            if target in RINGMAILD_TARGETS:
                 srv.kill()
                 if not args.keep and rec.get("ok"):
                     srv.cleanup()
@@ -188,24 +195,29 @@ def summarize(runs, configs, targets, messages):
                 "server_cpu_us_per_msg": lib.stat3([r["server_cpu_us_per_msg"] for r in good]),
                 "generator_cpu_us_per_msg": lib.stat3([r["generator_cpu_us_per_msg"] for r in good]),
             }
-            if t == "ringmail":
+            if t in RINGMAILD_TARGETS:
                 s["fdatasyncs_per_msg"] = lib.stat3([r.get("fdatasyncs_per_msg") for r in good])
                 s["spool_counts"] = [r.get("ringspool", {}).get("messages") for r in rs]
                 s["spool_all_ok"] = bool(rs) and all(r.get("spool_ok") for r in rs)
             row[t] = s
-        if "ringmail" in targets and "sink" in targets:
-            rm, sk = row["ringmail"]["msgs_per_s"], row["sink"]["msgs_per_s"]
-            row["ratio_of_medians"] = (rm["median"] / sk["median"]) if rm and sk else None
-            # paired ratios: ringmail run i / sink run i of the same round
+        for t in targets:
+            if t not in RINGMAILD_TARGETS or "sink" not in targets:
+                continue
+            rm, sk = row[t]["msgs_per_s"], row["sink"]["msgs_per_s"]
+            # paired ratios: target run i / sink run i of the same round
             pairs = []
             for rnd in sorted({r["round"] for r in runs}):
-                a = [r for r in runs if r["round"] == rnd and r["target"] == "ringmail" and r.get("source_ok")
+                a = [r for r in runs if r["round"] == rnd and r["target"] == t and r.get("source_ok")
                      and r["sessions"] == sessions and r["reuse"] == reuse]
                 b = [r for r in runs if r["round"] == rnd and r["target"] == "sink" and r.get("source_ok")
                      and r["sessions"] == sessions and r["reuse"] == reuse]
                 if a and b:
                     pairs.append(a[0]["msgs_per_s"] / b[0]["msgs_per_s"])
-            row["paired_ratio"] = lib.stat3(pairs)
+            row[t]["ratio_of_medians"] = (rm["median"] / sk["median"]) if rm and sk else None
+            row[t]["paired_ratio"] = lib.stat3(pairs)
+        if "ringmail" in row:
+            row["ratio_of_medians"] = row["ringmail"].get("ratio_of_medians")
+            row["paired_ratio"] = row["ringmail"].get("paired_ratio")
         rows.append(row)
     return rows
 
@@ -218,14 +230,14 @@ def table(rows, targets):
         conn = "reused (-d)" if row["reuse"] else "1 msg/conn"
         for t in targets:
             s = row[t]
-            name = "ringmaild" if t == "ringmail" else "smtp-sink (ceiling)"
+            name = TARGET_NAMES[t]
             ratio = ""
-            if t == "ringmail" and row.get("ratio_of_medians") is not None:
-                pr = row["paired_ratio"]
-                ratio = "**%.0f%%** (%.0f–%.0f%%)" % (row["ratio_of_medians"] * 100, pr["min"] * 100, pr["max"] * 100) \
-                    if pr else "%.0f%%" % (row["ratio_of_medians"] * 100)
-            fd = lib.fmt_stat(s.get("fdatasyncs_per_msg"), "%.3f") if t == "ringmail" else "–"
-            if t == "ringmail":
+            if s.get("ratio_of_medians") is not None:
+                pr = s["paired_ratio"]
+                ratio = "**%.0f%%** (%.0f–%.0f%%)" % (s["ratio_of_medians"] * 100, pr["min"] * 100, pr["max"] * 100) \
+                    if pr else "%.0f%%" % (s["ratio_of_medians"] * 100)
+            fd = lib.fmt_stat(s.get("fdatasyncs_per_msg"), "%.3f") if t in RINGMAILD_TARGETS else "–"
+            if t in RINGMAILD_TARGETS:
                 counts = s["spool_counts"]
                 spool = ("%s: all %d runs exact" % ("OK" if s["spool_all_ok"] else "FAIL", len(counts))
                          if s["spool_all_ok"] else "FAIL: " + ", ".join(str(c) for c in counts))
@@ -256,7 +268,8 @@ def main(argv):
     ap.add_argument("--sessions", default="10,50", help="comma-separated session counts (default 10,50)")
     ap.add_argument("--reuse", choices=["both", "no", "yes"], default="both",
                     help="one message per connection (no), reused connections -d (yes), or both (default)")
-    ap.add_argument("--targets", default="ringmail,sink", help="ringmail,sink (default both)")
+    ap.add_argument("--targets", default="ringmail,pinned,sink",
+                    help="some of ringmail, pinned (Pin_Shards = true), sink (default all three)")
     ap.add_argument("--shards", default="auto", help="ringmaild Shards (default auto)")
     ap.add_argument("--keep", action="store_true", help="keep run directories (spool, logs)")
     ap.add_argument("--no-record", action="store_true", help="do not write results/*.json nor RESULTS.md")
@@ -264,9 +277,9 @@ def main(argv):
 
     targets = [t for t in args.targets.split(",") if t]
     for t in targets:
-        if t not in ("ringmail", "sink"):
+        if t not in TARGET_NAMES:
             ap.error("unknown target %r" % t)
-    if "ringmail" in targets:
+    if any(t in RINGMAILD_TARGETS for t in targets):
         lib.check_binaries()
     sessions = [int(x) for x in args.sessions.split(",")]
     reuses = {"both": [False, True], "no": [False], "yes": [True]}[args.reuse]
@@ -289,7 +302,7 @@ def main(argv):
                 rec["round"] = rnd
                 runs.append(rec)
                 extra = ""
-                if t == "ringmail" and "exit" in rec:
+                if t in RINGMAILD_TARGETS and "exit" in rec:
                     extra = " fdatasync/msg %.3f spool %s" % (rec.get("fdatasyncs_per_msg") or 0,
                                                               rec.get("ringspool", {}).get("messages"))
                 lib.log("[%d/%d] %-8s s=%-3d %-6s %s%s%s" % (
@@ -349,6 +362,8 @@ def main(argv):
           "- msgs/s = messages / smtp-source wall time. Server CPU = utime+stime of the whole server process "
           "(all threads) over the run. ringmail/ceiling = ratio of the medians (range of the per-round ratios). "
           "Spool check: `ringspool` counts exactly %d committed messages, 0 torn, 0 corrupt." % args.messages,
+          "- Targets: ringmaild as configured by default (shard threads not pinned); the same with "
+          "`Pin_Shards = true` (each shard thread pinned to one CPU, the earlier default); smtp-sink.",
           "- Raw runs: `bench/results/%s`" % os.path.basename(path), "", prov_warning, "",
           tab, ""]
     if verdict:

@@ -310,14 +310,14 @@ class Ringmaild:
     start() waits for the ready line; stop() sends SIGTERM, waits for exit and
     parses the shard exit lines."""
 
-    def __init__(self, run_dir, shards="auto", binary=RINGMAILD):
+    def __init__(self, run_dir, shards="auto", binary=RINGMAILD, extra=""):
         self.dir = run_dir
         self.binary = binary
         self.conf = os.path.join(run_dir, "ringmail.conf")
         self.spool = os.path.join(run_dir, "spool")
         self.stderr_path = os.path.join(run_dir, "ringmaild.stderr")
         with open(self.conf, "w") as f:
-            f.write(CONFIG.format(shards=shards))
+            f.write(CONFIG.format(shards=shards) + extra)
         os.makedirs(os.path.join(run_dir, "log"), exist_ok=True)
         self.proc = None
         self.pid = None

@@ -156,6 +156,8 @@ static const struct conf_directive conf_directives[] = {
       "spool", 0 },
     { "Shards", GLOBAL, conf_set_auto_uint, C(shards), 0, 1, 256, "auto",
       0 },
+    { "Pin_Shards", GLOBAL, conf_set_bool, C(pin_shards), 0, 0, 0,
+      "false", 0 },
     { "Hostname", GLOBAL, conf_set_hostname, C(hostname), 0, 1, 255,
       NULL, 0 },
     { "Paniclog", GLOBAL, conf_set_path, C(paniclog), 0, 0, 0,

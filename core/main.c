@@ -446,7 +446,8 @@ main(int argc, char **argv)
     shards = xcalloc(nshards, sizeof *shards);
     handed_over = 1;             /* the shards own and close the sockets */
     for (i = 0; i < nshards; i++) {
-        shard_setup(&shards[i], i, nshards, (int)(i % ncpu), conf,
+        shard_setup(&shards[i], i, nshards,
+                    conf->pin_shards ? (int)(i % ncpu) : -1, conf,
                     per_shard[i], listen_count);
         rc = shard_start(&shards[i]);
         if (rc < 0) {

@@ -1,7 +1,7 @@
 /*
  * shard - see shard.h
  *
- * The life of a shard thread: pin, create the ring, start delivery, recover
+ * The life of a shard thread: pin (Pin_Shards), create the ring, start delivery, recover
  * the spool (into delivery's queue), register the provided buffers, arm
  * accept on every listening socket, arm the tick, then loop until DONE.
  * Each turn's before-wait hook runs delivery's scheduler, flushes the
@@ -342,12 +342,21 @@ shard_init(struct shard *sh)
     size_t i;
     int rc;
 
-    CPU_ZERO(&set);
-    CPU_SET(sh->cpu, &set);
-    rc = pthread_setaffinity_np(pthread_self(), sizeof set, &set);
-    if (rc != 0)
-        log_panic("shard", "shard %u: cannot pin to CPU %d: %s", sh->id,
-                  sh->cpu, strerror(rc));
+    /*
+     * Pinning is Pin_Shards' choice, off by default: a pinned shard woken
+     * while another process runs on its CPU waits for that one's slice
+     * even when the other CPU is idle, and every '.'-to-250 wait is such
+     * a wakeup (bench/RESULTS.md, "accept": 2 pinned shards beside
+     * smtp-source gave half the unpinned rate).
+     */
+    if (sh->cpu >= 0) {
+        CPU_ZERO(&set);
+        CPU_SET(sh->cpu, &set);
+        rc = pthread_setaffinity_np(pthread_self(), sizeof set, &set);
+        if (rc != 0)
+            log_panic("shard", "shard %u: cannot pin to CPU %d: %s",
+                      sh->id, sh->cpu, strerror(rc));
+    }
     rc = loop_init(&sh->loop, SHARD_SQ_ENTRIES, SHARD_CQ_ENTRIES);
     if (rc < 0) {
         log_panic("shard", "shard %u: io_uring setup: %s", sh->id,

@@ -1,5 +1,5 @@
 /*
- * shard - one pinned thread owning a ring, its listeners, sessions, arenas
+ * shard - one thread owning a ring, its listeners, sessions, arenas
  *         and spool
  *
  * SYNOPSIS
@@ -15,11 +15,12 @@
  *   void shard_join(struct shard *sh);
  * DESCRIPTION
  *   shard_setup() fills the struct in the main thread; shard_start()
- *   creates the thread, which pins itself to cpu, creates its ring
- *   (SINGLE_ISSUER|DEFER_TASKRUN must be created by the thread that
- *   submits), starts its delivery side (delivery.h), recovers its spool
- *   (live messages are queued for delivery), registers its provided-buffer
- *   ring, arms multishot accept on its listening sockets and runs its loop.
+ *   creates the thread, which pins itself to cpu (-1: not pinned, the
+ *   default; Pin_Shards), creates its ring (SINGLE_ISSUER|DEFER_TASKRUN
+ *   must be created by the thread that submits), starts its delivery side
+ *   (delivery.h), recovers its spool (live messages are queued for
+ *   delivery), registers its provided-buffer ring, arms multishot accept
+ *   on its listening sockets and runs its loop.
  *   shard_wait_started() blocks the main thread until the shard serves (0)
  *   or failed to start (-errno).
  *
@@ -95,7 +96,7 @@ enum shard_state {
 struct shard {
     unsigned id;
     unsigned shard_count;        /* shards in this process */
-    int cpu;
+    int cpu;                     /* pinned to this CPU; -1: not pinned */
     pthread_t thread;
     sem_t started;
     int start_result;

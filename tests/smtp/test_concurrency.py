@@ -7,6 +7,7 @@ transactions without reading (the daemon's input backlog is bounded and
 must resume), with every reply in order.
 """
 import os
+import re
 import smtplib
 import sys
 import threading
@@ -121,6 +122,45 @@ class Concurrency(h.DaemonTest):
             for seg in set(segs):
                 self.assertTrue(os.path.exists(
                     os.path.join(d.spool_base, str(s), seg)), seg)
+
+    def shard_cpus(self, d):
+        """{thread name: Cpus_allowed_list} of the daemon's shard threads."""
+        out = {}
+        task_dir = "/proc/%d/task" % d.pid
+        for tid in os.listdir(task_dir):
+            with open(os.path.join(task_dir, tid, "comm")) as f:
+                comm = f.read().strip()
+            if not comm.startswith("shard-"):
+                continue
+            with open(os.path.join(task_dir, tid, "status")) as f:
+                for line in f:
+                    if line.startswith("Cpus_allowed_list:"):
+                        out[comm] = line.split(":", 1)[1].strip()
+        return out
+
+    def test_shards_unpinned_by_default_pinned_on_request(self):
+        ncpu = len(os.sched_getaffinity(0))
+        mine = open("/proc/self/status").read()
+        allowed = re.search(r"^Cpus_allowed_list:\s*(\S+)", mine, re.M).group(1)
+        d = self.start_daemon(shards=2)
+        self.assertEqual(self.shard_cpus(d),
+                         {"shard-0": allowed, "shard-1": allowed})
+        d.stop()
+        if ncpu < 2:
+            self.skipTest("pinning two shards apart needs two CPUs")
+        d = self.start_daemon(shards=2, Pin_Shards="true")
+        cpus = sorted(os.sched_getaffinity(0))
+        self.assertEqual(self.shard_cpus(d),
+                         {"shard-0": str(cpus[0]), "shard-1": str(cpus[1])})
+        # and it still takes mail
+        c = d.connect(timeout=t(30))
+        try:
+            self.assertEqual(c.greeting().code, 220)
+            tok, msg = h.make_message()
+            self.assertEqual(h.send_raw_message(c, msg, ehlo=True).code, 250)
+        finally:
+            c.close()
+        self.assertTokens(d.spool(), present=[tok])
 
     def test_pipeline_flood_one_session(self):
         # 400 transactions in one stream, written without reading replies:
