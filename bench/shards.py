@@ -2,8 +2,10 @@
 what does each shard cost?
 
 For each shard count (default: 1, then Shards = auto, i.e. one per CPU) a
-fresh ringmaild (acceptance only, as in bench/run accept: Gateway is a closed
-port, so messages stay in the spool) takes MESSAGES messages from
+fresh ringmaild with Pin_Shards = true (one core per shard: the per-core
+view this scenario is about; acceptance only, as in bench/run accept:
+Gateway is a closed port, so messages stay in the spool) takes MESSAGES
+messages from
 bench/ringload pinned with `taskset -c GEN_CPU` (default: the last CPU), one
 message per connection unless --per-conn says otherwise, so that the kernel's
 SO_REUSEPORT hash has many connections to spread.
@@ -105,7 +107,7 @@ def one_run(shards, args):
            "per_conn": args.per_conn, "gen_cpu": args.gen_cpu,
            "loadavg_before": open("/proc/loadavg").read().split()[:3]}
     run_dir = lib.make_run_dir("shards")
-    d = lib.Ringmaild(run_dir, shards=shards)
+    d = lib.Ringmaild(run_dir, shards=shards, extra="Pin_Shards = true\n")
     try:
         d.start()
         rec["shards"] = d.shards
