@@ -260,8 +260,9 @@ struct conf {
 
     /* global */
     char *spool_base;            /* Spool_Base, default "spool" */
-    unsigned shards;             /* Shards: 0 means auto (online CPUs) */
-    int pin_shards;              /* Pin_Shards: shard i on CPU i % CPUs */
+    unsigned shards;             /* Shards: 0 means auto (usable CPUs) */
+    int pin_shards;              /* Pin_Shards: shard i on the i-th usable
+                                  * CPU (modulo their number) */
     char *hostname;              /* Hostname, default gethostname() */
     char *paniclog;              /* Paniclog, default "log/paniclog" */
     char *delivery_log;          /* Delivery_Log, default "log/delivery.log" */

@@ -39,6 +39,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <sched.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
@@ -218,6 +219,33 @@ drop_privileges(const struct conf *c, struct control *ctl)
  * port 0 the kernel picks one, and *addr is updated so that the sockets of
  * the other shards join the same port.
  */
+/*
+ * usable_cpus - the CPUs this process may run on, lowest first, as nproc
+ * counts them: in a container or under taskset that is fewer than the
+ * online CPUs, and Shards = auto and Pin_Shards must use these.
+ */
+static unsigned
+usable_cpus(int *ids, unsigned max)
+{
+    cpu_set_t set;
+    unsigned n = 0;
+    int c;
+
+    if (sched_getaffinity(0, sizeof set, &set) == 0) {
+        for (c = 0; c < CPU_SETSIZE && n < max; c++)
+            if (CPU_ISSET(c, &set))
+                ids[n++] = c;
+    }
+    if (n == 0) {
+        long online = sysconf(_SC_NPROCESSORS_ONLN);
+
+        for (c = 0; c < online && n < max; c++)
+            ids[n++] = c;
+    }
+    return n > 0 ? n : (ids[0] = 0, 1);
+}
+
+
 static int
 listen_socket(struct sockaddr_storage *addr, socklen_t len)
 {
@@ -310,6 +338,7 @@ main(int argc, char **argv)
     struct control ctl;
     size_t listen_count = 0;
     unsigned nshards, i, ncpu;
+    int cpu_ids[CPU_SETSIZE];
     char ready_text[1024];
     sigset_t sigs;
     int policy_started = 0;
@@ -374,8 +403,8 @@ main(int argc, char **argv)
                 conf->paniclog, strerror(-rc));
         goto fail;
     }
-    ncpu = (unsigned)sysconf(_SC_NPROCESSORS_ONLN);
-    nshards = conf->shards ? conf->shards : ncpu;
+    ncpu = usable_cpus(cpu_ids, CPU_SETSIZE);
+    nshards = conf->shards ? conf->shards : MIN(ncpu, 256u);
     {
         char first[4200] = "";
         uint64_t live = spool_stranded(conf->spool_base, nshards, first,
@@ -447,7 +476,7 @@ main(int argc, char **argv)
     handed_over = 1;             /* the shards own and close the sockets */
     for (i = 0; i < nshards; i++) {
         shard_setup(&shards[i], i, nshards,
-                    conf->pin_shards ? (int)(i % ncpu) : -1, conf,
+                    conf->pin_shards ? cpu_ids[i % ncpu] : -1, conf,
                     per_shard[i], listen_count);
         rc = shard_start(&shards[i]);
         if (rc < 0) {

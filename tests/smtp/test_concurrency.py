@@ -162,6 +162,19 @@ class Concurrency(h.DaemonTest):
             c.close()
         self.assertTokens(d.spool(), present=[tok])
 
+    def test_auto_and_pinning_follow_the_cpus_allowed(self):
+        # Under taskset (or a container's cpuset) Shards = auto counts the
+        # CPUs the daemon may use, and Pin_Shards pins to those.
+        cpus = sorted(os.sched_getaffinity(0))
+        last = cpus[-1]
+        os.sched_setaffinity(0, {last})
+        try:
+            d = self.start_daemon(shards="auto", Pin_Shards="true")
+        finally:
+            os.sched_setaffinity(0, set(cpus))
+        self.assertEqual(d.shards, 1)
+        self.assertEqual(self.shard_cpus(d), {"shard-0": str(last)})
+
     def test_pipeline_flood_one_session(self):
         # 400 transactions in one stream, written without reading replies:
         # far more than the daemon's input backlog, so it must pause reading
