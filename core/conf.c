@@ -814,28 +814,65 @@ conf_items(const struct conf_node *n, char *const **items)
 }
 
 
-/* conf_set_strings - up to d->max strings: char ** at offset, count */
-static int __attribute__((unused))  /* first user: Nameservers */
-conf_set_strings(struct conf_ctx *ctx, const struct conf_directive *d,
-                 const struct conf_node *n, void *base)
+/*
+ * A list option's element type. conf_set_list() parses every item into an
+ * element with parse, which reports its own error; when any fails, the
+ * option keeps its old value. fini (or NULL) releases one element.
+ */
+struct conf_list_type {
+    size_t size;                 /* of one element */
+    const char *noun;            /* "takes at most N <noun>" */
+    int (*parse)(struct conf_ctx *ctx, const struct conf_directive *d,
+                 const struct conf_node *n, const char *item, void *elem);
+    void (*fini)(void *elem);
+};
+
+
+/*
+ * conf_set_list - d->min to d->max items: an array at offset (with one
+ * zeroed element past the end, so that arrays of pointers end in NULL),
+ * its count at count_offset. The field is some T *; it is read and written
+ * with memcpy, as a pointer of no particular type.
+ */
+static int
+conf_set_list(struct conf_ctx *ctx, const struct conf_directive *d,
+              const struct conf_node *n, void *base,
+              const struct conf_list_type *t)
 {
-    char ***field = conf_field(d, base);
+    void *field = conf_field(d, base);
     size_t *count = (size_t *)((char *)base + d->count_offset);
     char *const *items;
     size_t i, item_count = conf_items(n, &items);
+    char *v, *old;
+    int rc = 0;
 
-    if (item_count > d->max) {
-        conf_errors_add(ctx->errs, n->file, n->line,
-                        "option '%s' takes at most %llu items", d->name,
-                        (unsigned long long)d->max);
+    if (item_count < d->min || item_count > d->max) {
+        if (d->min > 0)
+            conf_errors_add(ctx->errs, n->file, n->line,
+                            "option '%s' takes %llu to %llu %s", d->name,
+                            (unsigned long long)d->min,
+                            (unsigned long long)d->max, t->noun);
+        else
+            conf_errors_add(ctx->errs, n->file, n->line,
+                            "option '%s' takes at most %llu %s", d->name,
+                            (unsigned long long)d->max, t->noun);
         return -EINVAL;
     }
-    for (i = 0; i < *count; i++)
-        free((*field)[i]);
-    free(*field);
-    *field = xcalloc(item_count, sizeof **field);
+    v = xcalloc(item_count + 1, t->size);
     for (i = 0; i < item_count; i++)
-        (*field)[i] = xstrdup(items[i]);
+        if (t->parse(ctx, d, n, items[i], v + i * t->size) < 0)
+            rc = -EINVAL;
+    if (rc < 0) {
+        for (i = 0; t->fini != NULL && i < item_count; i++)
+            t->fini(v + i * t->size);
+        free(v);
+        return rc;
+    }
+    memcpy(&old, field, sizeof old);
+    for (i = 0; t->fini != NULL && i < *count; i++)
+        t->fini(old + i * t->size);
+    free(old);
+    memcpy(field, &v, sizeof v);
     *count = item_count;
     return 0;
 }
@@ -883,42 +920,30 @@ conf_cidr_from_str(const char *s, struct conf_cidr *out)
 }
 
 
+/* conf_cidr_item - one network of a list: ADDRESS or ADDRESS/PREFIX */
+static int
+conf_cidr_item(struct conf_ctx *ctx, const struct conf_directive *d,
+               const struct conf_node *n, const char *item, void *elem)
+{
+    if (conf_cidr_from_str(item, elem) == 0)
+        return 0;
+    conf_errors_add(ctx->errs, n->file, n->line,
+                    "option '%s': bad network '%s' (expected an address or "
+                    "ADDRESS/PREFIX)", d->name, item);
+    return -EINVAL;
+}
+
+static const struct conf_list_type conf_cidr_list = {
+    sizeof(struct conf_cidr), "networks", conf_cidr_item, NULL
+};
+
+
 /* conf_set_cidrs - a list of networks: struct conf_cidr * at offset, count */
 static int
 conf_set_cidrs(struct conf_ctx *ctx, const struct conf_directive *d,
                const struct conf_node *n, void *base)
 {
-    struct conf_cidr **field = conf_field(d, base);
-    size_t *count = (size_t *)((char *)base + d->count_offset);
-    struct conf_cidr *v;
-    char *const *items;
-    size_t i, item_count = conf_items(n, &items);
-    int rc = 0;
-
-    if (item_count > d->max) {
-        conf_errors_add(ctx->errs, n->file, n->line,
-                        "option '%s' takes at most %llu networks", d->name,
-                        (unsigned long long)d->max);
-        return -EINVAL;
-    }
-    v = xcalloc(item_count, sizeof *v);
-    for (i = 0; i < item_count; i++) {
-        if (conf_cidr_from_str(items[i], &v[i]) < 0) {
-            conf_errors_add(ctx->errs, n->file, n->line,
-                            "option '%s': bad network '%s' (expected an "
-                            "address or ADDRESS/PREFIX)", d->name,
-                            items[i]);
-            rc = -EINVAL;
-        }
-    }
-    if (rc < 0) {
-        free(v);
-        return rc;
-    }
-    free(*field);
-    *field = v;
-    *count = item_count;
-    return 0;
+    return conf_set_list(ctx, d, n, base, &conf_cidr_list);
 }
 
 
@@ -1183,54 +1208,46 @@ conf_nameserver_from_str(const char *s, struct conf_nameserver *ns)
 }
 
 
+/* conf_nameserver_item - one DNS server of a list, kept as written too */
+static int
+conf_nameserver_item(struct conf_ctx *ctx, const struct conf_directive *d,
+                     const struct conf_node *n, const char *item, void *elem)
+{
+    struct conf_nameserver *ns = elem;
+    int rc = conf_nameserver_from_str(item, ns);
+
+    if (rc == -ERANGE) {
+        conf_errors_add(ctx->errs, n->file, n->line,
+                        "option '%s': bad port in '%s' (1 to 65535)",
+                        d->name, item);
+    } else if (rc < 0) {
+        conf_errors_add(ctx->errs, n->file, n->line,
+                        "option '%s': bad server '%s' (expected "
+                        "IPV4[:PORT] or [IPV6][:PORT])", d->name, item);
+    }
+    ns->text = xstrdup(item);
+    return rc < 0 ? -EINVAL : 0;
+}
+
+
+static void
+conf_nameserver_fini(void *elem)
+{
+    free(((struct conf_nameserver *)elem)->text);
+}
+
+static const struct conf_list_type conf_nameserver_list = {
+    sizeof(struct conf_nameserver), "servers", conf_nameserver_item,
+    conf_nameserver_fini
+};
+
+
 /* conf_set_nameservers - up to d->max DNS servers: array at offset, count */
 static int
 conf_set_nameservers(struct conf_ctx *ctx, const struct conf_directive *d,
                      const struct conf_node *n, void *base)
 {
-    struct conf_nameserver **field = conf_field(d, base);
-    size_t *count = (size_t *)((char *)base + d->count_offset);
-    struct conf_nameserver *v;
-    char *const *items;
-    size_t i, item_count = conf_items(n, &items);
-    int rc = 0;
-
-    if (item_count > d->max) {
-        conf_errors_add(ctx->errs, n->file, n->line,
-                        "option '%s' takes at most %llu servers", d->name,
-                        (unsigned long long)d->max);
-        return -EINVAL;
-    }
-    v = xcalloc(item_count, sizeof *v);
-    for (i = 0; i < item_count; i++) {
-        int item_rc = conf_nameserver_from_str(items[i], &v[i]);
-
-        if (item_rc == -ERANGE) {
-            conf_errors_add(ctx->errs, n->file, n->line,
-                            "option '%s': bad port in '%s' (1 to 65535)",
-                            d->name, items[i]);
-        } else if (item_rc < 0) {
-            conf_errors_add(ctx->errs, n->file, n->line,
-                            "option '%s': bad server '%s' (expected "
-                            "IPV4[:PORT] or [IPV6][:PORT])", d->name,
-                            items[i]);
-        }
-        if (item_rc < 0)
-            rc = -EINVAL;
-        v[i].text = xstrdup(items[i]);
-    }
-    if (rc == 0) {
-        for (i = 0; i < *count; i++)
-            free((*field)[i].text);
-        free(*field);
-        *field = v;
-        *count = item_count;
-        return 0;
-    }
-    for (i = 0; i < item_count; i++)
-        free(v[i].text);
-    free(v);
-    return rc;
+    return conf_set_list(ctx, d, n, base, &conf_nameserver_list);
 }
 
 
@@ -2154,42 +2171,40 @@ fail:
 }
 
 
+/* conf_redis_uri_item - one uri of a Datasource's list */
+static int
+conf_redis_uri_item(struct conf_ctx *ctx, const struct conf_directive *d,
+                    const struct conf_node *n, const char *item, void *elem)
+{
+    if (conf_redis_uri_parse(item, elem) == 0)
+        return 0;
+    conf_errors_add(ctx->errs, n->file, n->line,
+                    "option '%s': bad uri '%s': expected "
+                    "redis://[:PASSWORD@]ADDRESS[:PORT][/DB] with an IP "
+                    "address (or localhost), as in redis://127.0.0.1:6379/0",
+                    d->name, item);
+    return -EINVAL;
+}
+
+
+static void
+conf_redis_uri_fini_elem(void *elem)
+{
+    conf_redis_uri_fini(elem);
+}
+
+static const struct conf_list_type conf_redis_uri_list = {
+    sizeof(struct conf_redis_uri), "uris", conf_redis_uri_item,
+    conf_redis_uri_fini_elem
+};
+
+
 /* conf_set_redis_uris - uri = ( "redis://..." ... ): 1 to d->max of them */
 static int
 conf_set_redis_uris(struct conf_ctx *ctx, const struct conf_directive *d,
                     const struct conf_node *n, void *base)
 {
-    struct conf_datasource *ds = base;
-    char *const *items;
-    size_t i, item_count = conf_items(n, &items);
-    struct conf_redis_uri *v;
-
-    if (item_count < d->min || item_count > d->max) {
-        conf_errors_add(ctx->errs, n->file, n->line,
-                        "option '%s' takes 1 to %llu uris", d->name,
-                        (unsigned long long)d->max);
-        return -EINVAL;
-    }
-    v = xcalloc(item_count, sizeof *v);
-    for (i = 0; i < item_count; i++) {
-        if (conf_redis_uri_parse(items[i], &v[i]) < 0) {
-            conf_errors_add(ctx->errs, n->file, n->line,
-                            "option '%s': bad uri '%s': expected "
-                            "redis://[:PASSWORD@]ADDRESS[:PORT][/DB] with "
-                            "an IP address (or localhost), as in "
-                            "redis://127.0.0.1:6379/0", d->name, items[i]);
-            while (i-- > 0)
-                conf_redis_uri_fini(&v[i]);
-            free(v);
-            return -EINVAL;
-        }
-    }
-    for (i = 0; i < ds->uri_count; i++)
-        conf_redis_uri_fini(&ds->uris[i]);
-    free(ds->uris);
-    ds->uris = v;
-    ds->uri_count = item_count;
-    return 0;
+    return conf_set_list(ctx, d, n, base, &conf_redis_uri_list);
 }
 
 
@@ -2231,39 +2246,38 @@ conf_scriptlet_check(struct conf_ctx *ctx)
 }
 
 
-/* conf_set_paths - a list of directories, resolved like any path */
+/* conf_path_item - one directory of a list, resolved against the file's */
+static int
+conf_path_item(struct conf_ctx *ctx, const struct conf_directive *d,
+               const struct conf_node *n, const char *item, void *elem)
+{
+    if (item[0] == '\0') {
+        conf_errors_add(ctx->errs, n->file, n->line,
+                        "option '%s': empty directory name", d->name);
+        return -EINVAL;
+    }
+    *(char **)elem = conf_path_resolve(ctx->c->dir, item);
+    return 0;
+}
+
+
+static void
+conf_path_fini(void *elem)
+{
+    free(*(char **)elem);
+}
+
+static const struct conf_list_type conf_path_list = {
+    sizeof(char *), "directories", conf_path_item, conf_path_fini
+};
+
+
+/* conf_set_paths - directories: a NULL-ended char ** at offset, count */
 static int
 conf_set_paths(struct conf_ctx *ctx, const struct conf_directive *d,
                const struct conf_node *n, void *base)
 {
-    char ***field = conf_field(d, base);
-    size_t *count = (size_t *)((char *)base + d->count_offset);
-    char *const *items;
-    size_t i, item_count = conf_items(n, &items);
-    char **v;
-
-    if (item_count > d->max) {
-        conf_errors_add(ctx->errs, n->file, n->line,
-                        "option '%s' takes at most %llu directories",
-                        d->name, (unsigned long long)d->max);
-        return -EINVAL;
-    }
-    for (i = 0; i < item_count; i++) {
-        if (items[i][0] == '\0') {
-            conf_errors_add(ctx->errs, n->file, n->line,
-                            "option '%s': empty directory name", d->name);
-            return -EINVAL;
-        }
-    }
-    for (i = 0; i < *count; i++)
-        free((*field)[i]);
-    free(*field);
-    v = xcalloc(item_count + 1, sizeof *v);
-    for (i = 0; i < item_count; i++)
-        v[i] = conf_path_resolve(ctx->c->dir, items[i]);
-    *field = v;
-    *count = item_count;
-    return 0;
+    return conf_set_list(ctx, d, n, base, &conf_path_list);
 }
 
 
