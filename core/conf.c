@@ -32,6 +32,7 @@
 #include "conf.h"
 
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <limits.h>
 #include <pwd.h>
@@ -40,6 +41,7 @@
 #include <unistd.h>
 
 #include "conf_parse.h"
+#include "outbuf.h"
 #include "util.h"
 
 #define KIB ((uint64_t)1 << 10)
@@ -2564,6 +2566,87 @@ conf_hostname_default(void)
 }
 
 
+/* conf_node_canon - n as text: names (case-folded), instances, values */
+static void
+conf_node_canon(const struct conf_node *n, struct outbuf *o)
+{
+    const struct conf_node *ch;
+    const char *p;
+    size_t i;
+
+    for (p = n->name; *p != '\0'; p++)
+        outbuf_printf(o, "%c", tolower((unsigned char)*p));
+    if (n->kind == CONF_NODE_SCOPE) {
+        if (n->instance != NULL) {
+            outbuf_puts(o, " ");
+            outbuf_json_str(o, n->instance);
+        }
+        outbuf_puts(o, " {");
+        for (ch = n->children; ch != NULL; ch = ch->next) {
+            outbuf_puts(o, " ");
+            conf_node_canon(ch, o);
+        }
+        outbuf_puts(o, " }");
+        return;
+    }
+    outbuf_puts(o, " =");
+    if (n->value_kind != CONF_VALUE_LIST) {
+        outbuf_puts(o, " ");
+        outbuf_json_str(o, n->value);
+        return;
+    }
+    outbuf_puts(o, " (");
+    for (i = 0; i < n->item_count; i++) {
+        outbuf_puts(o, " ");
+        outbuf_json_str(o, n->items[i]);
+    }
+    outbuf_puts(o, " )");
+}
+
+
+/* conf_stmt_cmp - qsort: by key, then by text */
+static int
+conf_stmt_cmp(const void *a, const void *b)
+{
+    const struct conf_stmt *x = a, *y = b;
+    int rc = strcasecmp(x->key, y->key);
+
+    return rc != 0 ? rc : strcmp(x->text, y->text);
+}
+
+
+/* conf_start_stmts - record root's top-level statements but scriptlet */
+static void
+conf_start_stmts(struct conf *c, const struct conf_node *root)
+{
+    const struct conf_node *n;
+    size_t count = 0;
+
+    for (n = root->children; n != NULL; n = n->next)
+        count++;
+    c->start_stmts = xcalloc(count + 1, sizeof *c->start_stmts);
+    for (n = root->children; n != NULL; n = n->next) {
+        struct conf_stmt *st = &c->start_stmts[c->start_stmt_count];
+        struct outbuf o = { 0 };
+
+        if (n->kind == CONF_NODE_SCOPE && strcasecmp(n->name, "scriptlet") == 0)
+            continue;
+        conf_node_canon(n, &o);
+        st->text = xstrdup(o.len > 0 ? o.p : "");
+        outbuf_fini(&o);
+        if (n->kind == CONF_NODE_SCOPE && n->instance != NULL) {
+            st->key = xmalloc(strlen(n->name) + strlen(n->instance) + 4);
+            sprintf(st->key, "%s \"%s\"", n->name, n->instance);
+        } else {
+            st->key = xstrdup(n->name);
+        }
+        c->start_stmt_count++;
+    }
+    qsort(c->start_stmts, c->start_stmt_count, sizeof *c->start_stmts,
+          conf_stmt_cmp);
+}
+
+
 /* conf_load - parse and check the file at path; NULL after any error */
 struct conf *
 conf_load(const char *path, struct conf_errors *errs)
@@ -2608,6 +2691,7 @@ conf_load(const char *path, struct conf_errors *errs)
     conf_scriptlet_check(&ctx);
     conf_ops_finish(&ctx);
     conf_datasource_check(&ctx);
+    conf_start_stmts(c, root);
 
 out:
     conf_node_free(root);
@@ -2620,6 +2704,40 @@ out:
 }
 
 
+void
+conf_start_changes(const struct conf *running, const struct conf *file,
+                   void (*fn)(const char *key, void *arg), void *arg)
+{
+    const struct conf_stmt *a = running->start_stmts;
+    const struct conf_stmt *b = file->start_stmts;
+    size_t i = 0, j = 0, na = running->start_stmt_count;
+    size_t nb = file->start_stmt_count;
+
+    /* Both sorted by key, then text: walk the keys in step. */
+    while (i < na || j < nb) {
+        const char *key;
+        int same = 1;
+
+        if (j >= nb || (i < na && strcasecmp(a[i].key, b[j].key) < 0))
+            key = a[i].key;
+        else
+            key = b[j].key;
+        while (i < na && j < nb && strcasecmp(a[i].key, key) == 0 &&
+               strcasecmp(b[j].key, key) == 0) {
+            same = same && strcmp(a[i].text, b[j].text) == 0;
+            i++;
+            j++;
+        }
+        for (; i < na && strcasecmp(a[i].key, key) == 0; i++)
+            same = 0;
+        for (; j < nb && strcasecmp(b[j].key, key) == 0; j++)
+            same = 0;
+        if (!same)
+            fn(key, arg);
+    }
+}
+
+
 /* conf_free - free a configuration generation and everything it holds */
 void
 conf_free(struct conf *c)
@@ -2628,6 +2746,11 @@ conf_free(struct conf *c)
 
     if (c == NULL)
         return;
+    for (i = 0; i < c->start_stmt_count; i++) {
+        free(c->start_stmts[i].key);
+        free(c->start_stmts[i].text);
+    }
+    free(c->start_stmts);
     for (i = 0; i < c->listener_count; i++) {
         struct conf_esmtp_listener *l = &c->listeners[i];
 

@@ -26,6 +26,10 @@
  *   const struct conf_throttle *conf_binding_throttle(
  *       const struct conf_binding *b, const struct conf_domain *d);
  *   int  conf_redis_uri_parse(const char *s, struct conf_redis_uri *out);
+ *   void conf_start_changes(const struct conf *running,
+ *                           const struct conf *file,
+ *                           void (*fn)(const char *key, void *arg),
+ *                           void *arg);
  * DESCRIPTION
  *   conf_load() parses the file in two steps: conf_parse.h turns the text
  *   into a tree of scopes and options (syntax errors carry file:line), then
@@ -59,6 +63,14 @@
  *   conf_datasource, in file order) describe the Redis servers policy
  *   reads; conf_redis_uri_parse() reads one uri, accepting only address
  *   literals so that no shard ever resolves a name (docs/redis.md).
+ *
+ *   A reload applies the scriptlet scope only. conf_start_changes() calls
+ *   fn once for each other top-level statement whose text (as parsed:
+ *   names, instances and values, comments and spacing aside) differs
+ *   between the running configuration and a newly loaded one, or that
+ *   only one of them has; key is its name, with the instance of a scope
+ *   ("Domain \"example.com\""). The daemon logs them: they take effect at
+ *   the next start.
  * OWNERSHIP
  *   A struct conf is one configuration generation: immutable once loaded,
  *   owned by the main thread, read by every shard, freed by conf_free() when
@@ -309,6 +321,16 @@ struct conf {
     struct conf_datasource *datasources;    /* Datasource scopes, in file
                                              * order */
     size_t datasource_count;
+
+    /* top-level statements other than scriptlet, sorted: for reloads */
+    struct conf_stmt *start_stmts;
+    size_t start_stmt_count;
+};
+
+/* A top-level statement applied at start only: its name and its text. */
+struct conf_stmt {
+    char *key;                   /* Name, or Name "instance" for a scope */
+    char *text;                  /* canonical: see conf_start_changes() */
 };
 
 struct conf_error {
@@ -326,6 +348,8 @@ struct conf_errors {
 
 struct conf *conf_load(const char *path, struct conf_errors *errs);
 void conf_free(struct conf *c);
+void conf_start_changes(const struct conf *running, const struct conf *file,
+                        void (*fn)(const char *key, void *arg), void *arg);
 void conf_errors_print(const struct conf_errors *errs, FILE *fp);
 void conf_errors_fini(struct conf_errors *errs);
 int conf_cidr_match(const struct conf_cidr *list, size_t n,

@@ -8,7 +8,9 @@
  *   builds and publishes the first policy generation. A reload re-reads
  *   the file; what it applies is the scriptlet scope (the policy
  *   generation and its options). Other options keep their running values
- *   until a restart, and the paniclog says so when they differ.
+ *   until a restart, and the paniclog names each top-level statement of
+ *   the file that differs from the running configuration
+ *   (conf_start_changes()).
  * THREADS
  *   Main thread and the control thread; one mutex serializes them. Shard
  *   counters are read without locks (64-bit loads of counters only their
@@ -29,6 +31,7 @@
 
 static pthread_mutex_t daemon_lock = PTHREAD_MUTEX_INITIALIZER;
 static char *daemon_conf_path;
+static const struct conf *daemon_conf;    /* the one started with */
 static struct shard *daemon_shards;
 static unsigned daemon_shard_count;
 
@@ -55,6 +58,7 @@ daemon_start(const char *conf_path, const struct conf *c, char *err,
     pthread_mutex_lock(&daemon_lock);
     free(daemon_conf_path);
     daemon_conf_path = strdup(conf_path);
+    daemon_conf = c;
     rc = policy_apply(c, err, errlen);
     pthread_mutex_unlock(&daemon_lock);
     return rc;
@@ -80,7 +84,18 @@ daemon_stop(void)
     policy_gen_unpublish();
     free(daemon_conf_path);
     daemon_conf_path = NULL;
+    daemon_conf = NULL;
     pthread_mutex_unlock(&daemon_lock);
+}
+
+
+/* daemon_start_change - a statement a reload does not apply changed */
+static void
+daemon_start_change(const char *key, void *arg)
+{
+    (void)arg;
+    log_panic("main", "config reload: %s differs from the running "
+              "configuration; it takes effect at the next start", key);
 }
 
 
@@ -107,6 +122,8 @@ daemon_reload(char *err, size_t errlen)
         conf_errors_fini(&errs);
         goto out;
     }
+    if (daemon_conf != NULL)
+        conf_start_changes(daemon_conf, c, daemon_start_change, NULL);
     rc = policy_apply(c, err, errlen);
     conf_free(c);
 out:

@@ -339,6 +339,34 @@ class Control(h.DaemonTest):
         self.assertTrue(d.running())
         self.ctl(d, "summary", check=0)
 
+    def test_config_reload_names_what_waits_for_a_restart(self):
+        d = self.daemon(shards=1, Max_Connections="500")
+        # Unchanged: nothing to report.
+        self.ctl(d, "config", "reload", check=0)
+        self.assertNotIn("differs from the running", d.paniclog())
+        text = open(d.conf_path).read()
+        # Spacing, case and comments are not changes.
+        text = text.replace("Max_Connections = 500",
+                            "# the same\nmax_connections   =   500")
+        with open(d.conf_path, "w") as f:
+            f.write(text)
+        self.ctl(d, "config", "reload", check=0)
+        self.assertNotIn("differs from the running", d.paniclog())
+        # A value, a new scope: each named once.
+        text = text.replace("max_connections   =   500",
+                            "Max_Connections = 600")
+        text += '\nDomain "later.test" { Retry_Interval = 5m }\n'
+        with open(d.conf_path, "w") as f:
+            f.write(text)
+        self.ctl(d, "config", "reload", check=0)
+        lines = [l for l in d.paniclog().splitlines()
+                 if "differs from the running" in l]
+        self.assertEqual(len(lines), 2, lines)
+        self.assertIn("config reload: Max_Connections differs", lines[0] +
+                      lines[1])
+        self.assertIn('Domain "later.test" differs', lines[0] + lines[1])
+        self.assertTrue(d.running())
+
     def test_scriptlet_commands(self):
         d = self.daemon(shards=1)
         s = self.ctl_json(d, "scriptlet", "stats")
