@@ -11,6 +11,11 @@
  * first, its recipient's DONE mark after that commit completed; a crash in
  * between sends the DSN twice (the original is bounced again), never
  * loses it.
+ *
+ * Each deferral also goes to the spool (a DEFER record with the attempt
+ * count and the reply), so that after a restart the retry schedule,
+ * Max_Retries and the expiry DSN's reason go on where they were. It is
+ * best effort: a deferral the spool refuses only costs the count.
  */
 #include "delivery.h"
 
@@ -48,6 +53,16 @@ struct dlv_bounce {
     unsigned attempt;            /* of the original's item, if requeued */
     unsigned count;
     uint32_t idx[];
+};
+
+/* A deferral on its way to the disk: attempts and the last reply survive a
+ * restart (a DEFER record). Owns copies: the item may change meanwhile. */
+struct dlv_defer {
+    struct spool_mark mk;
+    struct delivery *dl;
+    char id[SPOOL_ID_MAX];
+    char enhanced[SMTP_CLIENT_ENHANCED_MAX];
+    char *text, *host;
 };
 
 /* A failed recipient and its result, while an outcome is being handled. */
@@ -289,9 +304,29 @@ relay_control(void *arg, struct queue_item *qi)
 }
 
 
-/* items_make - queue m's recipients not yet done, one item per domain */
+/* item_restore - what recovery found of the attempts made before */
 static void
-items_make(struct delivery *dl, struct dlv_msg *m)
+item_restore(struct dlv_item *it, const struct spool_found *f)
+{
+    if (f == NULL || f->attempts == 0)
+        return;
+    it->attempt = f->attempts;
+    it->last_code = f->last_code;
+    snprintf(it->last_enhanced, sizeof it->last_enhanced, "%s",
+             f->last_enhanced);
+    if (f->last_text[0] != '\0')
+        it->last_text = xstrdup(f->last_text);
+    it->last_host = xstrdup(f->last_host);
+}
+
+
+/*
+ * items_make - queue m's recipients not yet done, one item per domain;
+ * f: what recovery found (attempts made), or NULL for a new message
+ */
+static void
+items_make(struct delivery *dl, struct dlv_msg *m,
+           const struct spool_found *f)
 {
     unsigned char *taken = xcalloc(m->rcpt_count, 1);
     uint32_t *idx = xmalloc(m->rcpt_count * sizeof *idx);
@@ -315,6 +350,7 @@ items_make(struct delivery *dl, struct dlv_msg *m)
             idx[n++] = j;
         }
         it = item_new(dl, m, idx, n, &rd);
+        item_restore(it, f);
         if (!relay_control(dl, &it->qi))
             queue_ready(&dl->q, rd->qd, &it->qi);
     }
@@ -598,7 +634,7 @@ bounce_commit_done(struct spool_msg *sm, int res)
     if (res == 0) {
         dl->env.stats->dsns++;
         b->dsn->seg_seq = sm->seg_seq;
-        items_make(dl, b->dsn);
+        items_make(dl, b->dsn, NULL);
         mark_start(dl, b->orig, b->idx, b->count, 0);
     } else {
         /* The failure stands; the DSN is tried again after the interval. */
@@ -617,6 +653,46 @@ bounce_commit_done(struct spool_msg *sm, int res)
 
 
 /* --- outcomes ------------------------------------------------------------ */
+
+/* defer_done - the DEFER record is durable, or was refused: nothing waits */
+static void
+defer_done(struct spool_mark *smk, int res)
+{
+    struct dlv_defer *df = container_of(smk, struct dlv_defer, mk);
+    struct delivery *dl = df->dl;
+
+    (void)res;
+    ASSERT(dl->pending > 0);
+    dl->pending--;
+    free(df->text);
+    free(df->host);
+    free(df);
+}
+
+
+/* defer_record - write it's deferral (attempts, last reply) to the spool */
+static void
+defer_record(struct delivery *dl, const struct dlv_item *it)
+{
+    struct dlv_defer *df = xcalloc(1, sizeof *df);
+
+    df->dl = dl;
+    snprintf(df->id, sizeof df->id, "%s", it->msg->id);
+    snprintf(df->enhanced, sizeof df->enhanced, "%s", it->last_enhanced);
+    df->text = xstrdup(it->last_text != NULL ? it->last_text : "");
+    df->host = xstrdup(it->last_host != NULL ? it->last_host : "");
+    df->mk.id = df->id;
+    df->mk.attempt = it->attempt;
+    df->mk.last_code = it->last_code;
+    df->mk.last_enhanced = df->enhanced;
+    df->mk.last_text = df->text;
+    df->mk.last_host = df->host;
+    df->mk.done = defer_done;
+    /* A failed spool refuses it at the next flush anyway. */
+    dl->pending++;
+    spool_mark(dl->env.sp, &df->mk);
+}
+
 
 /* item_save_last - remember a deferral, for the expiry that may follow */
 static void
@@ -715,6 +791,8 @@ item_outcome(struct delivery *dl, struct dlv_item *it,
     }
     it->rcpt_count = nk;
     it->attempt = attempt;
+    if (attempt > 0)
+        defer_record(dl, it);
     delay = queue_backoff_ms(dom->retry_interval_ms, attempt,
                              delivery_rand(dl));
     /* Due at expiry at the latest: the expiry bounce is not late. */
@@ -823,7 +901,7 @@ delivery_accepted(struct delivery *dl, const struct spool_msg *sm)
     m->received_ms = delivery_wall_ms();
     m->seg_seq = sm->seg_seq;
     msg_policy(m, sm->binding, sm->routing_domain, sm->priority);
-    items_make(dl, m);
+    items_make(dl, m, NULL);
     delivery_msg_unref(dl, m);
 }
 
@@ -846,8 +924,7 @@ delivery_recovered(struct delivery *dl, const struct spool_found *f)
     for (i = 0; f->rcpt_done != NULL && i < f->rcpt_count; i++)
         m->rcpt_done[i] = f->rcpt_done[i];
     dl->env.stats->recovered++;
-    /* XXX: no DEFER records yet, so the attempt count starts again. */
-    items_make(dl, m);
+    items_make(dl, m, f);
     delivery_msg_unref(dl, m);
 }
 

@@ -376,7 +376,7 @@ spool_msg_decode(const unsigned char *pl, uint64_t len,
 }
 
 
-/* spool_rec_mark_encode - build a DONE or DEFER record; 0 if cap is short */
+/* spool_rec_mark_encode - build a DONE record; 0 if cap is short */
 size_t
 spool_rec_mark_encode(void *dst, size_t cap, unsigned type, const char *id,
                       uint32_t rcpt, uint32_t salt)
@@ -386,7 +386,7 @@ spool_rec_mark_encode(void *dst, size_t cap, unsigned type, const char *id,
     uint64_t size = spool_rec_size(payload);
     unsigned char *r = dst, *p = r + SPOOL_REC_HDR_BYTES;
 
-    ASSERT(type == SPOOL_REC_DONE || type == SPOOL_REC_DEFER);
+    ASSERT(type == SPOOL_REC_DONE);
     ASSERT(id_len > 0);
     ASSERT(id_len < SPOOL_ID_MAX);
     if (cap < size)
@@ -396,6 +396,58 @@ spool_rec_mark_encode(void *dst, size_t cap, unsigned type, const char *id,
     spool_rec_put32(p + 4, 0);
     spool_put_str(p + SPOOL_MARK_FIXED_BYTES, id, id_len);
     spool_rec_hdr_put(r, type, payload, crc32c(0, p, payload), salt);
+    return size;
+}
+
+
+/* spool_defer_payload_bytes - DEFER payload bytes for these strings */
+static uint64_t
+spool_defer_payload_bytes(size_t id_len, size_t enhanced_len,
+                          size_t text_len, size_t host_len)
+{
+    return SPOOL_MARK_FIXED_BYTES + spool_rec_str_size(id_len) +
+           spool_rec_str_size(enhanced_len) + spool_rec_str_size(text_len) +
+           spool_rec_str_size(host_len);
+}
+
+
+/* spool_rec_defer_bytes - the size of a DEFER record with these strings */
+uint64_t
+spool_rec_defer_bytes(size_t id_len, size_t enhanced_len, size_t text_len,
+                      size_t host_len)
+{
+    return spool_rec_size(spool_defer_payload_bytes(id_len, enhanced_len,
+                                                    text_len, host_len));
+}
+
+
+/* spool_rec_defer_encode - build a DEFER record; 0 if cap is short */
+size_t
+spool_rec_defer_encode(void *dst, size_t cap, const char *id,
+                       uint32_t attempt, uint32_t code, const char *enhanced,
+                       const char *text, const char *host, uint32_t salt)
+{
+    size_t id_len = strlen(id), el = strlen(enhanced), tl = strlen(text);
+    size_t hl = strlen(host);
+    uint64_t payload = spool_defer_payload_bytes(id_len, el, tl, hl);
+    uint64_t size = spool_rec_size(payload);
+    unsigned char *r = dst, *p = r + SPOOL_REC_HDR_BYTES, *q;
+
+    ASSERT(id_len > 0);
+    ASSERT(id_len < SPOOL_ID_MAX);
+    ASSERT(attempt > 0);
+    if (cap < size)
+        return 0;
+    memset(r, 0, size);
+    spool_rec_put32(p, attempt);
+    spool_rec_put32(p + 4, code);
+    q = spool_put_str(p + SPOOL_MARK_FIXED_BYTES, id, id_len);
+    q = spool_put_str(q, enhanced, el);
+    q = spool_put_str(q, text, tl);
+    q = spool_put_str(q, host, hl);
+    ASSERT(q == p + payload);
+    spool_rec_hdr_put(r, SPOOL_REC_DEFER, payload, crc32c(0, p, payload),
+                      salt);
     return size;
 }
 
@@ -1214,13 +1266,29 @@ spool_batch_reserve(struct spool_batch *b, uint64_t need)
 }
 
 
-/* spool_mark_rec_bytes - batch bytes of mk: one DONE record per recipient */
+/* spool_mark_str - a DEFER's optional string */
+static const char *
+spool_mark_str(const char *s)
+{
+    return s != NULL ? s : "";
+}
+
+
+/*
+ * spool_mark_rec_bytes - batch bytes of mk: one DONE record per recipient,
+ * or its one DEFER record
+ */
 static uint64_t
 spool_mark_rec_bytes(const struct spool_mark *mk)
 {
     uint64_t one = spool_rec_size(SPOOL_MARK_FIXED_BYTES +
                                   spool_rec_str_size(strlen(mk->id)));
 
+    if (mk->attempt > 0)
+        return spool_rec_defer_bytes(strlen(mk->id),
+                                     strlen(spool_mark_str(mk->last_enhanced)),
+                                     strlen(spool_mark_str(mk->last_text)),
+                                     strlen(spool_mark_str(mk->last_host)));
     return one * (mk->rcpts != NULL ? mk->rcpt_count : 1);
 }
 
@@ -1235,6 +1303,14 @@ spool_batch_add_mark(struct spool_batch *b, struct spool_mark *mk,
     struct spool_rec_hdr h;
 
     spool_batch_reserve(b, need);
+    if (mk->attempt > 0) {
+        b->len += spool_rec_defer_encode(
+            b->buf + b->len, b->cap - b->len, mk->id, mk->attempt,
+            mk->last_code, spool_mark_str(mk->last_enhanced),
+            spool_mark_str(mk->last_text), spool_mark_str(mk->last_host),
+            b->salt);
+        n = 0;
+    }
     for (i = 0; i < n; i++) {
         uint32_t rcpt = mk->rcpts != NULL ? mk->rcpts[i] : SPOOL_RCPT_ALL;
         size_t size = spool_rec_mark_encode(b->buf + b->len, b->cap - b->len,
@@ -1247,7 +1323,7 @@ spool_batch_add_mark(struct spool_batch *b, struct spool_mark *mk,
     ASSERT(b->len - start == need);
     /* Read back what recovery will check. */
     ASSERT(spool_rec_hdr_get(b->buf + start, b->salt, &h) == 0);
-    ASSERT(h.type == SPOOL_REC_DONE);
+    ASSERT(h.type == (mk->attempt > 0 ? SPOOL_REC_DEFER : SPOOL_REC_DONE));
     mk->next = NULL;
     *b->mark_tail = mk;
     b->mark_tail = &mk->next;
@@ -1640,6 +1716,9 @@ struct spool_scan_msg {
     uint32_t done_count;
     int all_done;
     int superseded;              /* a later copy with the same id exists */
+    uint32_t attempts;           /* highest DEFER attempt count, 0: none */
+    uint32_t defer_seg;          /* that DEFER record: segment, offset */
+    uint64_t defer_off;
 };
 
 struct spool_scan_mark {
@@ -1920,6 +1999,69 @@ spool_scan_add_mark(struct spool_scanner *sc, const unsigned char *pl,
 }
 
 
+/*
+ * spool_scan_add_defer - a DEFER record: keep where the highest attempt
+ * count of its message is. DEFERs are written after their MSG is durable,
+ * and segments are scanned oldest first, so the MSG is indexed already;
+ * one that is not was reclaimed or corrupt.
+ */
+static void
+spool_scan_add_defer(struct spool_scanner *sc, uint32_t seg, uint64_t off,
+                     const unsigned char *pl, uint64_t len)
+{
+    const unsigned char *p = pl + SPOOL_MARK_FIXED_BYTES;
+    struct spool_scan_msg *m;
+    const char *id;
+    uint32_t idx, attempt;
+
+    if (len < SPOOL_MARK_FIXED_BYTES ||
+        spool_get_str(&p, pl + len, &id) < 0 || sc->slots == NULL)
+        return;
+    idx = *spool_scan_slot(sc, id);
+    attempt = spool_rec_get32(pl);
+    if (idx == 0)
+        return;
+    m = &sc->msgs[idx - 1];
+    if (attempt > m->attempts) {
+        m->attempts = attempt;
+        m->defer_seg = seg;
+        m->defer_off = off;
+    }
+}
+
+
+/* spool_scan_defer_reply - the reply of m's newest DEFER into f */
+static void
+spool_scan_defer_reply(const struct spool_scanner *sc,
+                       const struct spool_scan_msg *m, struct spool_found *f)
+{
+    const struct spool_scan_seg *sg = &sc->segs[m->defer_seg];
+    const unsigned char *pl, *p, *end;
+    struct spool_rec_hdr h;
+    const char *id;
+
+    f->last_enhanced = f->last_text = f->last_host = "";
+    if (m->attempts == 0)
+        return;
+    f->attempts = m->attempts;
+    /* Pass one checked the record; its strings are read here. */
+    if (!spool_scan_rec(sg, m->defer_off, sg->salt, &h))
+        return;
+    pl = sg->map + m->defer_off + SPOOL_REC_HDR_BYTES;
+    end = pl + h.payload_bytes;
+    p = pl + SPOOL_MARK_FIXED_BYTES;
+    f->last_code = spool_rec_get32(pl + 4);
+    /* The id first, then the reply's three strings; any short: none. */
+    if (spool_get_str(&p, end, &id) < 0 ||
+        spool_get_str(&p, end, &f->last_enhanced) < 0 ||
+        spool_get_str(&p, end, &f->last_text) < 0 ||
+        spool_get_str(&p, end, &f->last_host) < 0) {
+        f->last_code = 0;
+        f->last_enhanced = f->last_text = f->last_host = "";
+    }
+}
+
+
 /* spool_scan_end_ok - does the END payload close the pending MSG? */
 static int
 spool_scan_end_ok(const unsigned char *pl, uint64_t len, uint64_t msg_off,
@@ -2051,8 +2193,10 @@ spool_scan_segment(struct spool_scanner *sc, uint32_t si)
             pend_off = SPOOL_SCAN_NONE;
         } else if (h.type == SPOOL_REC_DONE) {
             spool_scan_add_mark(sc, pl, h.payload_bytes);
+        } else if (h.type == SPOOL_REC_DEFER) {
+            spool_scan_add_defer(sc, si, off, pl, h.payload_bytes);
         }
-        /* PAD, DEFER, a stray SEGHDR, unknown types: nothing to recover. */
+        /* PAD, a stray SEGHDR, unknown types: nothing to recover. */
         off += spool_rec_size(h.payload_bytes);
     }
 }
@@ -2129,6 +2273,7 @@ spool_scan_report(struct spool_scanner *sc, spool_recovered_fn *cb,
         f.offset = m->off;
         f.shard_id = sg->shard_id;
         f.rcpt_done = m->done;
+        spool_scan_defer_reply(sc, m, &f);
         sc->st->live++;
         sg->live++;
         sc->st->bytes += d.body_bytes;

@@ -71,6 +71,9 @@
  *   the marks are durable (recovery will not report those recipients
  *   again), -errno when they are not and never will be; the caller may
  *   mark again later (a failed spool refuses until its probe succeeds).
+ *   With mk->attempt > 0 the same call records a deferral instead: one
+ *   DEFER record with the attempt count and the last reply, which
+ *   recovery hands back in spool_found (attempts, last_*).
  *
  *   spool_release() says a message of segment seg_seq (m->seg_seq once
  *   committed, f->segment_seq when recovered) is done for good: all its
@@ -151,11 +154,18 @@ struct spool_msg {
 struct spool_mark;
 typedef void spool_mark_fn(struct spool_mark *mk, int res);
 
-/* Recipients of a committed message to mark done, described by delivery. */
+/*
+ * Recipients of a committed message to mark done, described by delivery;
+ * or, when attempt > 0, a deferral to record (one DEFER record: rcpts is
+ * not used, and the last_* strings may be NULL).
+ */
 struct spool_mark {
     const char *id;              /* the message's id */
     const uint32_t *rcpts;       /* recipient indices; NULL: all of them */
     unsigned rcpt_count;         /* entries of rcpts (> 0 when not NULL) */
+    unsigned attempt;            /* > 0: a DEFER with the attempts made */
+    unsigned last_code;          /* DEFER: the reply that deferred it */
+    const char *last_enhanced, *last_text, *last_host;
     spool_mark_fn *done;
     /* spool private */
     struct spool_mark *next;
@@ -180,6 +190,11 @@ struct spool_found {
     unsigned shard_id;           /* from the segment header */
     const unsigned char *rcpt_done;  /* [rcpt_count], 1 = a DONE covers
                                         it; NULL when none does */
+    unsigned attempts;           /* highest DEFER attempt count, 0: none */
+    unsigned last_code;          /* that DEFER's reply ("" strings, 0 */
+    const char *last_enhanced;   /*   when there is none), valid only */
+    const char *last_text;       /*   during the callback */
+    const char *last_host;
 };
 
 typedef void spool_recovered_fn(void *arg, const struct spool_found *f);

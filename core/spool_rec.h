@@ -8,6 +8,12 @@
  *                          uint32_t payload_crc, uint32_t salt);
  *   int  spool_rec_hdr_get(const void *src, uint32_t salt,
  *                          struct spool_rec_hdr *h);
+ *   size_t spool_rec_defer_encode(void *dst, size_t cap, const char *id,
+ *                                 uint32_t attempt, uint32_t code,
+ *                                 const char *enhanced, const char *text,
+ *                                 const char *host, uint32_t salt);
+ *   uint64_t spool_rec_defer_bytes(size_t id_len, size_t enhanced_len,
+ *                                  size_t text_len, size_t host_len);
  *   size_t spool_rec_mark_encode(void *dst, size_t cap, unsigned type,
  *                                const char *id, uint32_t rcpt,
  *                                uint32_t salt);
@@ -57,14 +63,21 @@
  *     END     u64 offset of the MSG record, u32 that MSG's payload crc,
  *             u32 0, str id
  *     DONE    u32 rcpt index or SPOOL_RCPT_ALL, u32 0, str id
- *     DEFER   same as DONE
+ *     DEFER   u32 attempts made, u32 the last reply's code (0: none),
+ *             str id, str its enhanced code, str its text, str the host
+ *             that gave it: a deferral of the message (or some of its
+ *             recipients); recovery restores the highest attempt count
+ *             and that record's reply, so retries, Max_Retries and the
+ *             expiry DSN go on across restarts
  *     PAD     zeros; the record exists to end a write on a block boundary
  *   A message is committed when its MSG record is followed immediately by
  *   an intact END naming it. It stays live until DONE records (anywhere in
  *   the shard's log) cover every recipient.
  *
- *   spool_rec_mark_encode() builds a DONE or DEFER record (spool_mark(),
- *   tests) and returns its size, or 0 when cap is too small.
+ *   spool_rec_mark_encode() builds a DONE record (spool_mark(), tests) and
+ *   spool_rec_defer_encode() a DEFER record; each returns the record's
+ *   size, or 0 when cap is too small. spool_rec_defer_bytes() is that
+ *   size.
  *
  *   spool_rec_pad_bytes() is the size of the PAD record that takes a write
  *   ending at segment offset end (8-aligned) to a block boundary: 0 when it
@@ -243,6 +256,12 @@ spool_rec_hdr_get(const void *src, uint32_t salt, struct spool_rec_hdr *h)
 
 size_t spool_rec_mark_encode(void *dst, size_t cap, unsigned type,
                              const char *id, uint32_t rcpt, uint32_t salt);
+uint64_t spool_rec_defer_bytes(size_t id_len, size_t enhanced_len,
+                               size_t text_len, size_t host_len);
+size_t spool_rec_defer_encode(void *dst, size_t cap, const char *id,
+                              uint32_t attempt, uint32_t code,
+                              const char *enhanced, const char *text,
+                              const char *host, uint32_t salt);
 void spool_rec_pad_encode(void *dst, uint64_t bytes, uint32_t salt);
 
 #endif

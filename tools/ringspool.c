@@ -174,6 +174,12 @@ ringspool_print(void *arg, const struct spool_found *f)
     }
     if (f->priority != 0)
         fprintf(rs->out, ",\"priority\":%u", f->priority);
+    /* Deferrals recorded so far, and the reply of the latest. */
+    if (f->attempts > 0) {
+        fprintf(rs->out, ",\"attempts\":%u,\"last_code\":%u,"
+                "\"last_response\":", f->attempts, f->last_code);
+        ringspool_json_str(rs->out, f->last_text, strlen(f->last_text));
+    }
     if (rs->body) {
         fputs(",\"body\":", rs->out);
         ringspool_json_str(rs->out, f->body, f->body_bytes);

@@ -330,7 +330,9 @@ class DeliveryTest(h.DaemonTest):
 
     def test_connection_reuse(self):
         sink = self.ringsink()
-        d = self.daemon(sink.port)
+        # At most 4 at once: how many open at once depends on how busy the
+        # machine is, how many are used again does not.
+        d = self.daemon(sink.port, Max_Outbound_Connections="4")
         n = 40
         sent = self.send(d, n=n)
         toks = {tok for tok, _, _ in sent}
@@ -572,6 +574,42 @@ class DeliveryTest(h.DaemonTest):
         counts = sink.stop()
         self.assertEqual(counts["accepted"], 5)
         self.assertEqual(counts["duplicate_tokens"], 0)
+
+    def test_attempts_and_reason_survive_a_restart(self):
+        # Nothing listens: every attempt is deferred. After a restart the
+        # count goes on (DEFER records), and so does the reason an expiry
+        # would give.
+        port = free_port()
+        d = self.daemon(port, Shards="1")
+        _, _, qid = self.send(d, n=1)[0]
+        self.wait_log(d, lambda r: r["outcome"] == "deferred" and
+                      r["attempt"] >= 2, h.t(20), "a second deferral")
+        d.stop_clean()
+        lines = len(self.log_lines(d))
+        before = max(r["attempt"] for r in self.log_lines(d)
+                     if r["outcome"] == "deferred")
+        (m,) = d.spool(body=False).messages
+        self.assertEqual(m.get("attempts"), before, m)
+        self.assertIn("Connection refused", m.get("last_response", ""), m)
+        d.start()
+        wait_until(lambda: len(self.log_lines(d)) > lines, h.t(20),
+                   "an attempt after the restart")
+        first = self.log_lines(d)[lines]
+        self.assertEqual(first["outcome"], "deferred", first)
+        self.assertEqual(first["attempt"], before + 1, first)
+        self.assertEqual(first["id"], qid)
+        d.stop_clean()
+        # Expire it now: the bounce names the last reason, not "expired".
+        text = open(d.conf_path).read()
+        with open(d.conf_path, "w") as f:
+            f.write(text + "\nMessage_Expiration = 1s\n")
+        d.start()
+        self.wait_log(d, lambda r: r["outcome"] == "expired", h.t(20),
+                      "the expiry")
+        last = [r for r in self.log_lines(d) if r["outcome"] == "expired"][-1]
+        self.assertGreater(last["attempt"], before)
+        self.assertNotEqual(last["response"], "expired", last)
+        d.stop_clean()
 
     def test_refused_destination_marked_down(self):
         # Every hop refused: the destination is down for a while, so the

@@ -65,6 +65,11 @@ struct found_copy {
     char binding[64];
     char routing_domain[64];
     unsigned priority;
+    unsigned attempts;
+    unsigned last_code;
+    char last_enhanced[16];
+    char last_text[128];
+    char last_host[64];
 };
 
 struct found_set {
@@ -152,6 +157,12 @@ found_collect(void *arg, const struct spool_found *f)
     snprintf(c->routing_domain, sizeof c->routing_domain, "%s",
              f->routing_domain);
     c->priority = f->priority;
+    c->attempts = f->attempts;
+    c->last_code = f->last_code;
+    snprintf(c->last_enhanced, sizeof c->last_enhanced, "%s",
+             f->last_enhanced);
+    snprintf(c->last_text, sizeof c->last_text, "%s", f->last_text);
+    snprintf(c->last_host, sizeof c->last_host, "%s", f->last_host);
 }
 
 
@@ -1689,6 +1700,73 @@ test_marks_durable(void **state)
 }
 
 
+/* DEFER records: recovery gives back the highest attempt count and that
+ * record's reply; a message without any has 0 and empty strings. */
+static void
+test_defer_records(void **state)
+{
+    struct fixture *fx = *state;
+    struct test_msg *v[2];
+    struct test_mark mk[4];
+    const struct found_copy *c;
+    static const struct {
+        unsigned attempt, code;
+        const char *enhanced, *text, *host;
+    } d[] = {
+        { 1, 451, "4.7.1", "greylisted", "mx1.dest.test" },
+        { 3, 421, "4.4.2", "closing", "mx2.dest.test" },
+        { 2, 0, "", "connection refused", "" },
+    };
+    size_t i;
+
+    fx_open(fx, 1 << 20);
+    for (i = 0; i < ARRAY_SIZE(v); i++)
+        v[i] = test_msg_make(fx, (unsigned)i, 300);
+    fx_commit_all(fx, v, ARRAY_SIZE(v), 2);
+    /* Out of order on purpose: the highest count wins, not the last. */
+    for (i = 0; i < ARRAY_SIZE(d); i++) {
+        test_mark_make(&mk[i], v[0], NULL, 0);
+        mk[i].mk.attempt = d[i].attempt;
+        mk[i].mk.last_code = d[i].code;
+        mk[i].mk.last_enhanced = d[i].enhanced;
+        mk[i].mk.last_text = d[i].text;
+        mk[i].mk.last_host = d[i].host;
+        spool_mark(&fx->sp, &mk[i].mk);
+    }
+    fx_run_until_idle(fx);
+    for (i = 0; i < ARRAY_SIZE(d); i++) {
+        assert_int_equal(mk[i].done_calls, 1);
+        assert_int_equal(mk[i].res, 0);
+    }
+    fx_close(fx);
+
+    fx_open(fx, 1 << 20);
+    assert_int_equal(fx->found.n, 2);
+    c = found_get(&fx->found, v[0]->id);
+    assert_non_null(c);
+    assert_int_equal(c->attempts, 3);
+    assert_int_equal(c->last_code, 421);
+    assert_string_equal(c->last_enhanced, "4.4.2");
+    assert_string_equal(c->last_text, "closing");
+    assert_string_equal(c->last_host, "mx2.dest.test");
+    assert_null(c->rcpt_done);          /* a deferral is not a DONE */
+    c = found_get(&fx->found, v[1]->id);
+    assert_non_null(c);
+    assert_int_equal(c->attempts, 0);
+    assert_string_equal(c->last_text, "");
+
+    /* A DONE after the deferrals still retires the message. */
+    test_mark_make(&mk[3], v[0], NULL, 0);
+    spool_mark(&fx->sp, &mk[3].mk);
+    fx_close(fx);
+    assert_int_equal(mk[3].res, 0);
+    fx_open(fx, 1 << 20);
+    assert_int_equal(fx->found.n, 1);
+    assert_null(found_get(&fx->found, v[0]->id));
+    test_msgs_free(v, ARRAY_SIZE(v));
+}
+
+
 /* Messages and marks queued in one turn share one durable write. */
 static void
 test_marks_mixed_batch(void **state)
@@ -2047,6 +2125,7 @@ main(void)
         cmocka_unit_test_setup_teardown(test_random_damage, setup, teardown),
         cmocka_unit_test_setup_teardown(test_done_record, setup, teardown),
         cmocka_unit_test_setup_teardown(test_marks_durable, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_defer_records, setup, teardown),
         cmocka_unit_test_setup_teardown(test_marks_mixed_batch, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_marks_refused_when_failed,
