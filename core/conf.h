@@ -155,6 +155,7 @@ enum conf_opt {
     CONF_OPT_MESSAGE_EXPIRATION = 1u << 4,
     CONF_OPT_MAX_OUTBOUND_CONNECTIONS = 1u << 5,
     CONF_OPT_OUTBOUND_THROTTLE_MESSAGES = 1u << 6,
+    CONF_OPT_MAX_RETRY_INTERVAL = 1u << 7,
 };
 
 /* Effective delivery options for one destination domain. */
@@ -167,6 +168,7 @@ struct conf_domain {
     struct conf_gateway gateway; /* Gateway, default none (MX) */
     unsigned outbound_smtp_port; /* Outbound_SMTP_Port, 25, 1..65535 */
     unsigned retry_interval_ms;  /* Retry_Interval, 20m, 1s..1d */
+    unsigned max_retry_interval_ms;  /* Max_Retry_Interval, 12h, 1s..30d */
     unsigned max_retries;        /* Max_Retries, 0 (auto): only expiry */
     unsigned message_expiration_ms;  /* Message_Expiration, 1d, 1s..30d */
     unsigned max_outbound_connections;  /* per domain, 32, 1..100000 */

@@ -292,7 +292,8 @@ relay_control(void *arg, struct queue_item *qi)
     if (!r.skip)
         return 0;
     dl->env.stats->held++;
-    delay = queue_backoff_ms(rd->dom->retry_interval_ms, it->attempt + 1,
+    delay = queue_backoff_ms(rd->dom->retry_interval_ms,
+                             rd->dom->max_retry_interval_ms, it->attempt + 1,
                              delivery_rand(dl));
     if (now + delay > it->expire_ms)
         delay = it->expire_ms - now;
@@ -793,7 +794,8 @@ item_outcome(struct delivery *dl, struct dlv_item *it,
     it->attempt = attempt;
     if (attempt > 0)
         defer_record(dl, it);
-    delay = queue_backoff_ms(dom->retry_interval_ms, attempt,
+    delay = queue_backoff_ms(dom->retry_interval_ms,
+                             dom->max_retry_interval_ms, attempt,
                              delivery_rand(dl));
     /* Due at expiry at the latest: the expiry bounce is not late. */
     if (now + delay > it->expire_ms)

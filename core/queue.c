@@ -418,9 +418,10 @@ queue_next_due_ms(const struct queue *q)
 
 /* queue_backoff_ms - delay before retry number attempt (1 = the first) */
 uint64_t
-queue_backoff_ms(uint64_t interval_ms, unsigned attempt, uint32_t rnd)
+queue_backoff_ms(uint64_t interval_ms, uint64_t max_ms, unsigned attempt,
+                 uint32_t rnd)
 {
-    uint64_t cap = MAX(interval_ms, QUEUE_BACKOFF_CAP_MS), d = interval_ms;
+    uint64_t cap = MAX(interval_ms, max_ms), d = interval_ms;
     unsigned i;
 
     for (i = 1; i < attempt && d < cap; i++)

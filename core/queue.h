@@ -14,8 +14,8 @@
  *   struct queue_item *queue_pop(struct queue *q, struct queue_dest *d);
  *   unsigned queue_advance(struct queue *q, uint64_t now_ms);
  *   uint64_t queue_next_due_ms(const struct queue *q);
- *   uint64_t queue_backoff_ms(uint64_t interval_ms, unsigned attempt,
- *                             uint32_t rnd);
+ *   uint64_t queue_backoff_ms(uint64_t interval_ms, uint64_t max_ms,
+ *                             unsigned attempt, uint32_t rnd);
  * DESCRIPTION
  *   An item is one message's recipients for one destination (a routing
  *   domain now; an MX set later). The delivery code embeds struct
@@ -38,8 +38,8 @@
  *   and returns how many; queue_next_due_ms() says when to call it next.
  *
  *   queue_backoff_ms() is the retry schedule: Retry_Interval times 2 to
- *   the (attempt - 1), capped at QUEUE_BACKOFF_CAP_MS (or the interval
- *   when that is larger), with a jitter of -20%..+20% from rnd so that a
+ *   the (attempt - 1), capped at max_ms (Max_Retry_Interval; or the
+ *   interval when that is larger), with a jitter of -20%..+20% from rnd so that a
  *   burst of deferrals does not come back as a burst.
  * OWNERSHIP
  *   Items belong to the caller; destinations to the queue (freed by
@@ -55,7 +55,6 @@
 #define QUEUE_FAIR_EVERY      10
 #define QUEUE_TICK_MS         100
 #define QUEUE_WHEEL_SLOTS     8192          /* 13.6 minutes a revolution */
-#define QUEUE_BACKOFF_CAP_MS  (4ull * 3600 * 1000)
 #define QUEUE_PRIORITY_MIN    1
 #define QUEUE_PRIORITY_MAX    100
 #define QUEUE_PRIORITY_NORMAL 50
@@ -125,8 +124,8 @@ struct queue_dest *queue_next_dest(struct queue *q);
 struct queue_item *queue_pop(struct queue *q, struct queue_dest *d);
 unsigned queue_advance(struct queue *q, uint64_t now_ms);
 uint64_t queue_next_due_ms(const struct queue *q);
-uint64_t queue_backoff_ms(uint64_t interval_ms, unsigned attempt,
-                          uint32_t rnd);
+uint64_t queue_backoff_ms(uint64_t interval_ms, uint64_t max_ms,
+                          unsigned attempt, uint32_t rnd);
 
 static inline unsigned
 queue_dest_ready(const struct queue_dest *d)

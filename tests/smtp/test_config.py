@@ -136,6 +136,7 @@ Max_Connections = 1
             ("Shards = 0\n", 1),
             ("Shards = 257\n", 1),
             ("Pin_Shards = sometimes\n", 1),
+            ("Max_Retry_Interval = 0\n", 1),
             ("Max_Message_Size = 10\n", 1),           # below 1K
             ("Idle_Timeout = 0\n", 1),
             ("Spool_Segment_Size = 4K\n", 1),

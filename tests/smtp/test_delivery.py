@@ -611,6 +611,19 @@ class DeliveryTest(h.DaemonTest):
         self.assertNotEqual(last["response"], "expired", last)
         d.stop_clean()
 
+    def test_max_retry_interval_caps_the_doubling(self):
+        # 1 s doubling would wait about 4 s before the fourth attempt;
+        # capped at 1 s every wait is about 1 s.
+        port = free_port()
+        d = self.daemon(port, Shards="1", Max_Retry_Interval="1s")
+        self.send(d, n=1)
+        rows = self.wait_log(d, lambda r: r["outcome"] == "deferred" and
+                             r["attempt"] >= 4, h.t(20), "a fourth attempt")
+        ts = {r["attempt"]: r["ts"] for r in self.log_lines(d)
+              if r["outcome"] == "deferred"}
+        self.assertLess(ts[4] - ts[3], 2.5, ts)
+        d.stop_clean()
+
     def test_refused_destination_marked_down(self):
         # Every hop refused: the destination is down for a while, so the
         # messages that follow are deferred without dialling it again.

@@ -200,18 +200,21 @@ test_wheel_long_sleep_and_remove(void **state)
 static void
 test_backoff(void **state)
 {
-    uint64_t s = 1000;
+    uint64_t s = 1000, cap = 12 * 3600 * 1000ull;
 
     /* rnd % 41 == 20 gives exactly 100% */
-    assert_int_equal(queue_backoff_ms(s, 1, 20), 1000);
-    assert_int_equal(queue_backoff_ms(s, 2, 20), 2000);
-    assert_int_equal(queue_backoff_ms(s, 5, 20), 16000);
-    assert_int_equal(queue_backoff_ms(s, 60, 20), QUEUE_BACKOFF_CAP_MS);
-    assert_int_equal(queue_backoff_ms(s, 1, 0), 800);
-    assert_int_equal(queue_backoff_ms(s, 1, 40), 1200);
+    assert_int_equal(queue_backoff_ms(s, cap, 1, 20), 1000);
+    assert_int_equal(queue_backoff_ms(s, cap, 2, 20), 2000);
+    assert_int_equal(queue_backoff_ms(s, cap, 5, 20), 16000);
+    assert_int_equal(queue_backoff_ms(s, cap, 60, 20), cap);
+    assert_int_equal(queue_backoff_ms(s, cap, 1, 0), 800);
+    assert_int_equal(queue_backoff_ms(s, cap, 1, 40), 1200);
+    /* Max_Retry_Interval caps the doubling: 1, 2, 3, 3, ... s */
+    assert_int_equal(queue_backoff_ms(s, 3000, 2, 20), 2000);
+    assert_int_equal(queue_backoff_ms(s, 3000, 3, 20), 3000);
+    assert_int_equal(queue_backoff_ms(s, 3000, 9, 20), 3000);
     /* an interval above the cap is kept as it is */
-    assert_int_equal(queue_backoff_ms(QUEUE_BACKOFF_CAP_MS * 2, 3, 20),
-                     QUEUE_BACKOFF_CAP_MS * 2);
+    assert_int_equal(queue_backoff_ms(cap * 2, cap, 3, 20), cap * 2);
 }
 
 
