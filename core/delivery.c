@@ -13,9 +13,10 @@
  * loses it.
  *
  * Each deferral also goes to the spool (a DEFER record with the attempt
- * count and the reply), so that after a restart the retry schedule,
- * Max_Retries and the expiry DSN's reason go on where they were. It is
- * best effort: a deferral the spool refuses only costs the count.
+ * count, the reply, the item's first recipient and when it is due), so
+ * that after a restart each destination's item keeps its own count, waits
+ * for its own retry time, and an expiry DSN gives its reason. It is best
+ * effort: a deferral the spool refuses only costs the count.
  */
 #include "delivery.h"
 
@@ -305,19 +306,35 @@ relay_control(void *arg, struct queue_item *qi)
 }
 
 
-/* item_restore - what recovery found of the attempts made before */
-static void
+/*
+ * item_restore - what recovery found of the attempts made on it before:
+ * the newest DEFER of a recipient of it (the group shares a destination,
+ * so any of them speaks for it). Returns when the next attempt is due
+ * (wall clock ms), 0 when nothing was found.
+ */
+static uint64_t
 item_restore(struct dlv_item *it, const struct spool_found *f)
 {
-    if (f == NULL || f->attempts == 0)
-        return;
-    it->attempt = f->attempts;
-    it->last_code = f->last_code;
+    const struct spool_defer *best = NULL;
+    unsigned i, k;
+
+    for (i = 0; f != NULL && i < f->defer_count; i++) {
+        for (k = 0; k < it->rcpt_count; k++) {
+            if (it->rcpt_idx[k] == f->defers[i].rcpt &&
+                (best == NULL || f->defers[i].attempts > best->attempts))
+                best = &f->defers[i];
+        }
+    }
+    if (best == NULL)
+        return 0;
+    it->attempt = best->attempts;
+    it->last_code = best->last_code;
     snprintf(it->last_enhanced, sizeof it->last_enhanced, "%s",
-             f->last_enhanced);
-    if (f->last_text[0] != '\0')
-        it->last_text = xstrdup(f->last_text);
-    it->last_host = xstrdup(f->last_host);
+             best->last_enhanced);
+    if (best->last_text[0] != '\0')
+        it->last_text = xstrdup(best->last_text);
+    it->last_host = xstrdup(best->last_host);
+    return best->due_unix_ms;
 }
 
 
@@ -331,6 +348,7 @@ items_make(struct delivery *dl, struct dlv_msg *m,
 {
     unsigned char *taken = xcalloc(m->rcpt_count, 1);
     uint32_t *idx = xmalloc(m->rcpt_count * sizeof *idx);
+    uint64_t now = delivery_wall_ms(), due;
     struct route_dest *rd;
     struct dlv_item *it;
     unsigned i, j, n;
@@ -351,7 +369,12 @@ items_make(struct delivery *dl, struct dlv_msg *m,
             idx[n++] = j;
         }
         it = item_new(dl, m, idx, n, &rd);
-        item_restore(it, f);
+        due = item_restore(it, f);
+        /* A restart keeps the retry schedule: not due yet, wait for it. */
+        if (due > now && due < it->expire_ms) {
+            queue_defer(&dl->q, &it->qi, now_ms() + (due - now));
+            continue;
+        }
         if (!relay_control(dl, &it->qi))
             queue_ready(&dl->q, rd->qd, &it->qi);
     }
@@ -671,9 +694,13 @@ defer_done(struct spool_mark *smk, int res)
 }
 
 
-/* defer_record - write it's deferral (attempts, last reply) to the spool */
+/*
+ * defer_record - write it's deferral to the spool: attempts, last reply,
+ * its first recipient (for its destination) and due, the wall clock time
+ * of its next attempt
+ */
 static void
-defer_record(struct delivery *dl, const struct dlv_item *it)
+defer_record(struct delivery *dl, const struct dlv_item *it, uint64_t due)
 {
     struct dlv_defer *df = xcalloc(1, sizeof *df);
 
@@ -688,6 +715,8 @@ defer_record(struct delivery *dl, const struct dlv_item *it)
     df->mk.last_enhanced = df->enhanced;
     df->mk.last_text = df->text;
     df->mk.last_host = df->host;
+    df->mk.defer_rcpt = it->rcpt_idx[0];
+    df->mk.due_unix_ms = due;
     df->mk.done = defer_done;
     /* A failed spool refuses it at the next flush anyway. */
     dl->pending++;
@@ -792,14 +821,14 @@ item_outcome(struct delivery *dl, struct dlv_item *it,
     }
     it->rcpt_count = nk;
     it->attempt = attempt;
-    if (attempt > 0)
-        defer_record(dl, it);
     delay = queue_backoff_ms(dom->retry_interval_ms,
                              dom->max_retry_interval_ms, attempt,
                              delivery_rand(dl));
     /* Due at expiry at the latest: the expiry bounce is not late. */
     if (now + delay > it->expire_ms)
         delay = it->expire_ms > now ? it->expire_ms - now : 0;
+    if (attempt > 0)
+        defer_record(dl, it, now + delay);
     queue_defer(&dl->q, &it->qi, now_ms() + delay);
 }
 

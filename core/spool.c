@@ -405,7 +405,7 @@ static uint64_t
 spool_defer_payload_bytes(size_t id_len, size_t enhanced_len,
                           size_t text_len, size_t host_len)
 {
-    return SPOOL_MARK_FIXED_BYTES + spool_rec_str_size(id_len) +
+    return SPOOL_DEFER_FIXED_BYTES + spool_rec_str_size(id_len) +
            spool_rec_str_size(enhanced_len) + spool_rec_str_size(text_len) +
            spool_rec_str_size(host_len);
 }
@@ -424,7 +424,8 @@ spool_rec_defer_bytes(size_t id_len, size_t enhanced_len, size_t text_len,
 /* spool_rec_defer_encode - build a DEFER record; 0 if cap is short */
 size_t
 spool_rec_defer_encode(void *dst, size_t cap, const char *id,
-                       uint32_t attempt, uint32_t code, const char *enhanced,
+                       uint32_t attempt, uint32_t code, uint32_t rcpt,
+                       uint64_t due_unix_ms, const char *enhanced,
                        const char *text, const char *host, uint32_t salt)
 {
     size_t id_len = strlen(id), el = strlen(enhanced), tl = strlen(text);
@@ -441,7 +442,10 @@ spool_rec_defer_encode(void *dst, size_t cap, const char *id,
     memset(r, 0, size);
     spool_rec_put32(p, attempt);
     spool_rec_put32(p + 4, code);
-    q = spool_put_str(p + SPOOL_MARK_FIXED_BYTES, id, id_len);
+    spool_rec_put32(p + 8, rcpt);
+    spool_rec_put32(p + 12, 0);
+    spool_rec_put64(p + 16, due_unix_ms);
+    q = spool_put_str(p + SPOOL_DEFER_FIXED_BYTES, id, id_len);
     q = spool_put_str(q, enhanced, el);
     q = spool_put_str(q, text, tl);
     q = spool_put_str(q, host, hl);
@@ -716,6 +720,9 @@ spool_prep_zero_more(struct spool_prep *p)
     size_t chunk = urgent ? SPOOL_ZERO_BYTES : SPOOL_ZERO_TRICKLE_BYTES;
 
     ASSERT(p->state == SPOOL_PREP_ZERO);
+    /* After a failure the writes in flight finish, and no more start. */
+    if (p->err != 0 || p->discard)
+        return;
     for (i = 0; i < SPOOL_ZERO_DEPTH && p->pending < depth; i++) {
         struct spool_prep_step *s = &p->steps[i];
 
@@ -1306,7 +1313,8 @@ spool_batch_add_mark(struct spool_batch *b, struct spool_mark *mk,
     if (mk->attempt > 0) {
         b->len += spool_rec_defer_encode(
             b->buf + b->len, b->cap - b->len, mk->id, mk->attempt,
-            mk->last_code, spool_mark_str(mk->last_enhanced),
+            mk->last_code, mk->defer_rcpt, mk->due_unix_ms,
+            spool_mark_str(mk->last_enhanced),
             spool_mark_str(mk->last_text), spool_mark_str(mk->last_host),
             b->salt);
         n = 0;
@@ -1716,9 +1724,16 @@ struct spool_scan_msg {
     uint32_t done_count;
     int all_done;
     int superseded;              /* a later copy with the same id exists */
-    uint32_t attempts;           /* highest DEFER attempt count, 0: none */
-    uint32_t defer_seg;          /* that DEFER record: segment, offset */
-    uint64_t defer_off;
+    struct spool_scan_defer *defers;    /* the newest per rcpt index */
+    uint32_t defer_count;
+};
+
+/* Where the newest DEFER record of one recipient group is. */
+struct spool_scan_defer {
+    uint32_t rcpt;
+    uint32_t attempt;
+    uint32_t seg;
+    uint64_t off;
 };
 
 struct spool_scan_mark {
@@ -1999,66 +2014,92 @@ spool_scan_add_mark(struct spool_scanner *sc, const unsigned char *pl,
 }
 
 
+/* Attempt counts read from disk are capped: Max_Retries is at most 10000. */
+#define SPOOL_DEFER_ATTEMPTS_MAX 1000000u
+
 /*
- * spool_scan_add_defer - a DEFER record: keep where the highest attempt
- * count of its message is. DEFERs are written after their MSG is durable,
- * and segments are scanned oldest first, so the MSG is indexed already;
- * one that is not was reclaimed or corrupt.
+ * spool_scan_add_defer - a DEFER record: remember it as its recipient
+ * group's newest (highest attempt count). DEFERs are written after their
+ * MSG is durable, and segments are scanned oldest first, so the MSG is
+ * indexed already; one that is not was reclaimed or corrupt.
  */
 static void
 spool_scan_add_defer(struct spool_scanner *sc, uint32_t seg, uint64_t off,
                      const unsigned char *pl, uint64_t len)
 {
-    const unsigned char *p = pl + SPOOL_MARK_FIXED_BYTES;
+    const unsigned char *p = pl + SPOOL_DEFER_FIXED_BYTES;
+    struct spool_scan_defer *k;
     struct spool_scan_msg *m;
     const char *id;
-    uint32_t idx, attempt;
+    uint32_t idx, attempt, rcpt, i;
 
-    if (len < SPOOL_MARK_FIXED_BYTES ||
+    if (len < SPOOL_DEFER_FIXED_BYTES ||
         spool_get_str(&p, pl + len, &id) < 0 || sc->slots == NULL)
         return;
     idx = *spool_scan_slot(sc, id);
-    attempt = spool_rec_get32(pl);
-    if (idx == 0)
+    attempt = MIN(spool_rec_get32(pl), SPOOL_DEFER_ATTEMPTS_MAX);
+    rcpt = spool_rec_get32(pl + 8);
+    if (idx == 0 || attempt == 0)
         return;
     m = &sc->msgs[idx - 1];
-    if (attempt > m->attempts) {
-        m->attempts = attempt;
-        m->defer_seg = seg;
-        m->defer_off = off;
+    if (rcpt >= m->rcpt_count)
+        return;
+    for (i = 0; i < m->defer_count && m->defers[i].rcpt != rcpt; i++)
+        ;
+    if (i == m->defer_count) {
+        m->defers = xrealloc(m->defers, (i + 1) * sizeof *m->defers);
+        m->defer_count++;
+        m->defers[i].attempt = 0;
+    }
+    k = &m->defers[i];
+    if (attempt >= k->attempt) {
+        k->rcpt = rcpt;
+        k->attempt = attempt;
+        k->seg = seg;
+        k->off = off;
     }
 }
 
 
-/* spool_scan_defer_reply - the reply of m's newest DEFER into f */
-static void
-spool_scan_defer_reply(const struct spool_scanner *sc,
-                       const struct spool_scan_msg *m, struct spool_found *f)
+/* spool_scan_defers - m's DEFERs, read back, for spool_found; or NULL */
+static struct spool_defer *
+spool_scan_defers(const struct spool_scanner *sc,
+                  const struct spool_scan_msg *m)
 {
-    const struct spool_scan_seg *sg = &sc->segs[m->defer_seg];
-    const unsigned char *pl, *p, *end;
-    struct spool_rec_hdr h;
-    const char *id;
+    struct spool_defer *v;
+    uint32_t i;
 
-    f->last_enhanced = f->last_text = f->last_host = "";
-    if (m->attempts == 0)
-        return;
-    f->attempts = m->attempts;
-    /* Pass one checked the record; its strings are read here. */
-    if (!spool_scan_rec(sg, m->defer_off, sg->salt, &h))
-        return;
-    pl = sg->map + m->defer_off + SPOOL_REC_HDR_BYTES;
-    end = pl + h.payload_bytes;
-    p = pl + SPOOL_MARK_FIXED_BYTES;
-    f->last_code = spool_rec_get32(pl + 4);
-    /* The id first, then the reply's three strings; any short: none. */
-    if (spool_get_str(&p, end, &id) < 0 ||
-        spool_get_str(&p, end, &f->last_enhanced) < 0 ||
-        spool_get_str(&p, end, &f->last_text) < 0 ||
-        spool_get_str(&p, end, &f->last_host) < 0) {
-        f->last_code = 0;
-        f->last_enhanced = f->last_text = f->last_host = "";
+    if (m->defer_count == 0)
+        return NULL;
+    v = xcalloc(m->defer_count, sizeof *v);
+    for (i = 0; i < m->defer_count; i++) {
+        const struct spool_scan_defer *k = &m->defers[i];
+        const struct spool_scan_seg *sg = &sc->segs[k->seg];
+        const unsigned char *pl, *p, *end;
+        struct spool_rec_hdr h;
+        const char *id;
+
+        v[i].rcpt = k->rcpt;
+        v[i].attempts = k->attempt;
+        v[i].last_enhanced = v[i].last_text = v[i].last_host = "";
+        /* Pass one checked the record; its strings are read here. */
+        if (!spool_scan_rec(sg, k->off, sg->salt, &h))
+            continue;
+        pl = sg->map + k->off + SPOOL_REC_HDR_BYTES;
+        end = pl + h.payload_bytes;
+        p = pl + SPOOL_DEFER_FIXED_BYTES;
+        /* The id first, then the reply's three strings; any short: none. */
+        if (spool_get_str(&p, end, &id) < 0 ||
+            spool_get_str(&p, end, &v[i].last_enhanced) < 0 ||
+            spool_get_str(&p, end, &v[i].last_text) < 0 ||
+            spool_get_str(&p, end, &v[i].last_host) < 0) {
+            v[i].last_enhanced = v[i].last_text = v[i].last_host = "";
+            continue;
+        }
+        v[i].last_code = spool_rec_get32(pl + 4);
+        v[i].due_unix_ms = spool_rec_get64(pl + 16);
     }
+    return v;
 }
 
 
@@ -2245,6 +2286,7 @@ spool_scan_report(struct spool_scanner *sc, spool_recovered_fn *cb,
     for (i = 0; i < sc->msg_count; i++) {
         struct spool_scan_msg *m = &sc->msgs[i];
         struct spool_scan_seg *sg = &sc->segs[m->seg];
+        struct spool_defer *defers;
         const char **rcpts;
         int rc;
 
@@ -2273,12 +2315,15 @@ spool_scan_report(struct spool_scanner *sc, spool_recovered_fn *cb,
         f.offset = m->off;
         f.shard_id = sg->shard_id;
         f.rcpt_done = m->done;
-        spool_scan_defer_reply(sc, m, &f);
+        defers = spool_scan_defers(sc, m);
+        f.defers = defers;
+        f.defer_count = defers != NULL ? m->defer_count : 0;
         sc->st->live++;
         sg->live++;
         sc->st->bytes += d.body_bytes;
         if (cb != NULL)
             cb(arg, &f);
+        free(defers);
         free(rcpts);
     }
 }
@@ -2342,8 +2387,10 @@ fail:
             close(fd);
         }
     }
-    for (i = 0; i < sc.msg_count; i++)
+    for (i = 0; i < sc.msg_count; i++) {
         free(sc.msgs[i].done);
+        free(sc.msgs[i].defers);
+    }
     free(sc.segs);
     free(sc.msgs);
     free(sc.slots);

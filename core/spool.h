@@ -72,8 +72,9 @@
  *   again), -errno when they are not and never will be; the caller may
  *   mark again later (a failed spool refuses until its probe succeeds).
  *   With mk->attempt > 0 the same call records a deferral instead: one
- *   DEFER record with the attempt count and the last reply, which
- *   recovery hands back in spool_found (attempts, last_*).
+ *   DEFER record with the attempt count, the last reply, one recipient
+ *   of the deferred group and when its next attempt is due; recovery
+ *   hands back the newest per recipient index in spool_found (defers).
  *
  *   spool_release() says a message of segment seg_seq (m->seg_seq once
  *   committed, f->segment_seq when recovered) is done for good: all its
@@ -166,6 +167,9 @@ struct spool_mark {
     unsigned attempt;            /* > 0: a DEFER with the attempts made */
     unsigned last_code;          /* DEFER: the reply that deferred it */
     const char *last_enhanced, *last_text, *last_host;
+    uint32_t defer_rcpt;         /* DEFER: a recipient of the deferred
+                                  * group (one destination) */
+    uint64_t due_unix_ms;        /* DEFER: next attempt due, wall clock */
     spool_mark_fn *done;
     /* spool private */
     struct spool_mark *next;
@@ -190,11 +194,17 @@ struct spool_found {
     unsigned shard_id;           /* from the segment header */
     const unsigned char *rcpt_done;  /* [rcpt_count], 1 = a DONE covers
                                         it; NULL when none does */
-    unsigned attempts;           /* highest DEFER attempt count, 0: none */
-    unsigned last_code;          /* that DEFER's reply ("" strings, 0 */
-    const char *last_enhanced;   /*   when there is none), valid only */
-    const char *last_text;       /*   during the callback */
-    const char *last_host;
+    const struct spool_defer *defers;   /* the newest DEFER per rcpt */
+    unsigned defer_count;        /*   index; valid during the callback */
+};
+
+/* What recovery found of a deferral (a DEFER record). */
+struct spool_defer {
+    uint32_t rcpt;               /* a recipient of the deferred group */
+    unsigned attempts;
+    unsigned last_code;          /* 0 and "" strings when unreadable */
+    uint64_t due_unix_ms;
+    const char *last_enhanced, *last_text, *last_host;
 };
 
 typedef void spool_recovered_fn(void *arg, const struct spool_found *f);

@@ -10,6 +10,7 @@
  *                          struct spool_rec_hdr *h);
  *   size_t spool_rec_defer_encode(void *dst, size_t cap, const char *id,
  *                                 uint32_t attempt, uint32_t code,
+ *                                 uint32_t rcpt, uint64_t due_unix_ms,
  *                                 const char *enhanced, const char *text,
  *                                 const char *host, uint32_t salt);
  *   uint64_t spool_rec_defer_bytes(size_t id_len, size_t enhanced_len,
@@ -64,11 +65,12 @@
  *             u32 0, str id
  *     DONE    u32 rcpt index or SPOOL_RCPT_ALL, u32 0, str id
  *     DEFER   u32 attempts made, u32 the last reply's code (0: none),
+ *             u32 rcpt index, u32 0, u64 next attempt due (unix ms),
  *             str id, str its enhanced code, str its text, str the host
- *             that gave it: a deferral of the message (or some of its
- *             recipients); recovery restores the highest attempt count
- *             and that record's reply, so retries, Max_Retries and the
- *             expiry DSN go on across restarts
+ *             that gave it: a deferral of the recipients delivered
+ *             together with rcpt (one destination); recovery gives back
+ *             the newest per rcpt index, so that the retry schedule,
+ *             Max_Retries and the expiry DSN go on across restarts
  *     PAD     zeros; the record exists to end a write on a block boundary
  *   A message is committed when its MSG record is followed immediately by
  *   an intact END naming it. It stays live until DONE records (anywhere in
@@ -128,6 +130,7 @@
 #define SPOOL_MSG_FIXED_BYTES      24   /* MSG payload before its strings */
 #define SPOOL_END_FIXED_BYTES      16
 #define SPOOL_MARK_FIXED_BYTES     8
+#define SPOOL_DEFER_FIXED_BYTES    24
 
 /* A decoded, checked header. */
 struct spool_rec_hdr {
@@ -259,9 +262,10 @@ size_t spool_rec_mark_encode(void *dst, size_t cap, unsigned type,
 uint64_t spool_rec_defer_bytes(size_t id_len, size_t enhanced_len,
                                size_t text_len, size_t host_len);
 size_t spool_rec_defer_encode(void *dst, size_t cap, const char *id,
-                              uint32_t attempt, uint32_t code,
-                              const char *enhanced, const char *text,
-                              const char *host, uint32_t salt);
+                              uint32_t attempt, uint32_t code, uint32_t rcpt,
+                              uint64_t due_unix_ms, const char *enhanced,
+                              const char *text, const char *host,
+                              uint32_t salt);
 void spool_rec_pad_encode(void *dst, uint64_t bytes, uint32_t salt);
 
 #endif

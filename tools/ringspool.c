@@ -174,11 +174,26 @@ ringspool_print(void *arg, const struct spool_found *f)
     }
     if (f->priority != 0)
         fprintf(rs->out, ",\"priority\":%u", f->priority);
-    /* Deferrals recorded so far, and the reply of the latest. */
-    if (f->attempts > 0) {
-        fprintf(rs->out, ",\"attempts\":%u,\"last_code\":%u,"
-                "\"last_response\":", f->attempts, f->last_code);
-        ringspool_json_str(rs->out, f->last_text, strlen(f->last_text));
+    /* Deferrals so far: each destination's newest, and the most tried. */
+    if (f->defer_count > 0) {
+        const struct spool_defer *best = &f->defers[0];
+
+        fputs(",\"defers\":[", rs->out);
+        for (i = 0; i < f->defer_count; i++) {
+            const struct spool_defer *df = &f->defers[i];
+
+            if (df->attempts > best->attempts)
+                best = df;
+            fprintf(rs->out, "%s{\"rcpt\":%u,\"attempts\":%u,"
+                    "\"due_ms\":%" PRIu64 ",\"last_code\":%u,"
+                    "\"last_response\":", i > 0 ? "," : "", df->rcpt,
+                    df->attempts, df->due_unix_ms, df->last_code);
+            ringspool_json_str(rs->out, df->last_text, strlen(df->last_text));
+            fputc('}', rs->out);
+        }
+        fprintf(rs->out, "],\"attempts\":%u,\"last_response\":",
+                best->attempts);
+        ringspool_json_str(rs->out, best->last_text, strlen(best->last_text));
     }
     if (rs->body) {
         fputs(",\"body\":", rs->out);

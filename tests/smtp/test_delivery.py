@@ -577,8 +577,8 @@ class DeliveryTest(h.DaemonTest):
 
     def test_attempts_and_reason_survive_a_restart(self):
         # Nothing listens: every attempt is deferred. After a restart the
-        # count goes on (DEFER records), and so does the reason an expiry
-        # would give.
+        # count goes on (DEFER records), the next attempt waits for its
+        # time, and an expiry gives the last reason.
         port = free_port()
         d = self.daemon(port, Shards="1")
         _, _, qid = self.send(d, n=1)[0]
@@ -591,6 +591,7 @@ class DeliveryTest(h.DaemonTest):
         (m,) = d.spool(body=False).messages
         self.assertEqual(m.get("attempts"), before, m)
         self.assertIn("Connection refused", m.get("last_response", ""), m)
+        due_ms = max(x["due_ms"] for x in m["defers"])
         d.start()
         wait_until(lambda: len(self.log_lines(d)) > lines, h.t(20),
                    "an attempt after the restart")
@@ -598,6 +599,9 @@ class DeliveryTest(h.DaemonTest):
         self.assertEqual(first["outcome"], "deferred", first)
         self.assertEqual(first["attempt"], before + 1, first)
         self.assertEqual(first["id"], qid)
+        # Not at once: when it was due (the wheel ticks every 100 ms).
+        self.assertGreaterEqual(first["ts"] * 1000, due_ms - 150,
+                                (first, due_ms))
         d.stop_clean()
         # Expire it now: the bounce names the last reason, not "expired".
         text = open(d.conf_path).read()

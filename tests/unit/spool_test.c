@@ -65,11 +65,13 @@ struct found_copy {
     char binding[64];
     char routing_domain[64];
     unsigned priority;
-    unsigned attempts;
-    unsigned last_code;
-    char last_enhanced[16];
-    char last_text[128];
-    char last_host[64];
+    unsigned defer_count;
+    struct {
+        uint32_t rcpt;
+        unsigned attempts, last_code;
+        uint64_t due;
+        char enhanced[16], text[128], host[64];
+    } defers[4];
 };
 
 struct found_set {
@@ -157,12 +159,21 @@ found_collect(void *arg, const struct spool_found *f)
     snprintf(c->routing_domain, sizeof c->routing_domain, "%s",
              f->routing_domain);
     c->priority = f->priority;
-    c->attempts = f->attempts;
-    c->last_code = f->last_code;
-    snprintf(c->last_enhanced, sizeof c->last_enhanced, "%s",
-             f->last_enhanced);
-    snprintf(c->last_text, sizeof c->last_text, "%s", f->last_text);
-    snprintf(c->last_host, sizeof c->last_host, "%s", f->last_host);
+    c->defer_count = MIN(f->defer_count, ARRAY_SIZE(c->defers));
+    for (j = 0; j < c->defer_count; j++) {
+        const struct spool_defer *df = &f->defers[j];
+
+        c->defers[j].rcpt = df->rcpt;
+        c->defers[j].attempts = df->attempts;
+        c->defers[j].last_code = df->last_code;
+        c->defers[j].due = df->due_unix_ms;
+        snprintf(c->defers[j].enhanced, sizeof c->defers[j].enhanced, "%s",
+                 df->last_enhanced);
+        snprintf(c->defers[j].text, sizeof c->defers[j].text, "%s",
+                 df->last_text);
+        snprintf(c->defers[j].host, sizeof c->defers[j].host, "%s",
+                 df->last_host);
+    }
 }
 
 
@@ -1700,34 +1711,42 @@ test_marks_durable(void **state)
 }
 
 
-/* DEFER records: recovery gives back the highest attempt count and that
- * record's reply; a message without any has 0 and empty strings. */
+/* DEFER records: recovery gives back, per recipient group, the record
+ * with the highest attempt count; a message without any has none. */
 static void
 test_defer_records(void **state)
 {
     struct fixture *fx = *state;
-    struct test_msg *v[2];
-    struct test_mark mk[4];
+    struct test_msg *v[3];
+    struct test_mark mk[6];
     const struct found_copy *c;
     static const struct {
         unsigned attempt, code;
+        uint32_t rcpt;
+        uint64_t due;
         const char *enhanced, *text, *host;
     } d[] = {
-        { 1, 451, "4.7.1", "greylisted", "mx1.dest.test" },
-        { 3, 421, "4.4.2", "closing", "mx2.dest.test" },
-        { 2, 0, "", "connection refused", "" },
+        { 1, 451, 0, 1000, "4.7.1", "greylisted", "mx1.dest.test" },
+        { 3, 421, 0, 3000, "4.4.2", "closing", "mx2.dest.test" },
+        { 2, 0, 0, 2000, "", "connection refused", "" },
+        { 1, 452, 2, 5000, "4.2.2", "mailbox full", "mx.other.test" },
+        { 9, 451, 7, 9000, "4.0.0", "no such rcpt index", "x" },
     };
+    unsigned k;
     size_t i;
 
     fx_open(fx, 1 << 20);
     for (i = 0; i < ARRAY_SIZE(v); i++)
         v[i] = test_msg_make(fx, (unsigned)i, 300);
-    fx_commit_all(fx, v, ARRAY_SIZE(v), 2);
+    assert_int_equal(v[2]->m.rcpt_count, 3);
+    fx_commit_all(fx, v, ARRAY_SIZE(v), 3);
     /* Out of order on purpose: the highest count wins, not the last. */
     for (i = 0; i < ARRAY_SIZE(d); i++) {
-        test_mark_make(&mk[i], v[0], NULL, 0);
+        test_mark_make(&mk[i], v[2], NULL, 0);
         mk[i].mk.attempt = d[i].attempt;
         mk[i].mk.last_code = d[i].code;
+        mk[i].mk.defer_rcpt = d[i].rcpt;
+        mk[i].mk.due_unix_ms = d[i].due;
         mk[i].mk.last_enhanced = d[i].enhanced;
         mk[i].mk.last_text = d[i].text;
         mk[i].mk.last_host = d[i].host;
@@ -1741,28 +1760,39 @@ test_defer_records(void **state)
     fx_close(fx);
 
     fx_open(fx, 1 << 20);
-    assert_int_equal(fx->found.n, 2);
+    assert_int_equal(fx->found.n, 3);
+    c = found_get(&fx->found, v[2]->id);
+    assert_non_null(c);
+    assert_null(c->rcpt_done);          /* a deferral is not a DONE */
+    /* rcpt 7 does not exist: that record is ignored. */
+    assert_int_equal(c->defer_count, 2);
+    for (k = 0; k < c->defer_count; k++) {
+        if (c->defers[k].rcpt == 0) {
+            assert_int_equal(c->defers[k].attempts, 3);
+            assert_int_equal(c->defers[k].last_code, 421);
+            assert_int_equal(c->defers[k].due, 3000);
+            assert_string_equal(c->defers[k].enhanced, "4.4.2");
+            assert_string_equal(c->defers[k].text, "closing");
+            assert_string_equal(c->defers[k].host, "mx2.dest.test");
+        } else {
+            assert_int_equal(c->defers[k].rcpt, 2);
+            assert_int_equal(c->defers[k].attempts, 1);
+            assert_int_equal(c->defers[k].due, 5000);
+            assert_string_equal(c->defers[k].text, "mailbox full");
+        }
+    }
     c = found_get(&fx->found, v[0]->id);
     assert_non_null(c);
-    assert_int_equal(c->attempts, 3);
-    assert_int_equal(c->last_code, 421);
-    assert_string_equal(c->last_enhanced, "4.4.2");
-    assert_string_equal(c->last_text, "closing");
-    assert_string_equal(c->last_host, "mx2.dest.test");
-    assert_null(c->rcpt_done);          /* a deferral is not a DONE */
-    c = found_get(&fx->found, v[1]->id);
-    assert_non_null(c);
-    assert_int_equal(c->attempts, 0);
-    assert_string_equal(c->last_text, "");
+    assert_int_equal(c->defer_count, 0);
 
     /* A DONE after the deferrals still retires the message. */
-    test_mark_make(&mk[3], v[0], NULL, 0);
-    spool_mark(&fx->sp, &mk[3].mk);
+    test_mark_make(&mk[5], v[2], NULL, 0);
+    spool_mark(&fx->sp, &mk[5].mk);
     fx_close(fx);
-    assert_int_equal(mk[3].res, 0);
+    assert_int_equal(mk[5].res, 0);
     fx_open(fx, 1 << 20);
-    assert_int_equal(fx->found.n, 1);
-    assert_null(found_get(&fx->found, v[0]->id));
+    assert_int_equal(fx->found.n, 2);
+    assert_null(found_get(&fx->found, v[2]->id));
     test_msgs_free(v, ARRAY_SIZE(v));
 }
 
