@@ -195,6 +195,8 @@ shard_enter_stopping(struct shard *sh)
         return;
     shard_set_state(sh, SHARD_STATE_STOPPING);
     shard_stop_listening(sh);
+    if (sh->spool.dir != NULL)
+        spool_hurry(&sh->spool);
 }
 
 
@@ -258,6 +260,7 @@ shard_box_done(struct op *op, int res, uint32_t flags)
                 sh->drain_started_ms = now_ms();
                 session_drain_all(sh);
                 delivery_drain(&sh->dlv);
+                spool_hurry(&sh->spool);
             }
             break;
         case XS_MAIN_SHARD_STOP:

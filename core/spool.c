@@ -701,13 +701,13 @@ spool_prep_zero_write(struct spool_prep *p, struct spool_prep_step *s)
 }
 
 
-/* spool_prep_urgent - a batch (or spool_open) waits for this segment */
+/* spool_prep_urgent - a batch (or spool_open, or a stop) waits for it */
 static int
 spool_prep_urgent(const struct spool_prep *p)
 {
     const struct spool_batch *fill = p->sp->fill;
 
-    return p->boot || (fill->count > 0 && fill->to_next);
+    return p->boot || p->sp->hurry || (fill->count > 0 && fill->to_next);
 }
 
 
@@ -1632,6 +1632,15 @@ spool_flush(struct spool *sp)
     /* Encode what did not fit while this batch is on the disk. */
     if (sp->inflight != NULL)
         spool_fill(sp);
+}
+
+
+void
+spool_hurry(struct spool *sp)
+{
+    sp->hurry = 1;
+    if (sp->prep != NULL && sp->prep->state == SPOOL_PREP_ZERO)
+        spool_prep_zero_more(sp->prep);
 }
 
 

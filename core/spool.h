@@ -12,6 +12,7 @@
  *   void spool_flush(struct spool *sp);
  *   int  spool_failed(const struct spool *sp);
  *   int  spool_idle(const struct spool *sp);
+ *   void spool_hurry(struct spool *sp);
  *   void spool_close(struct spool *sp);
  *   int  spool_scan(const char *shard_dir, spool_recovered_fn *cb, void *arg,
  *                   struct spool_scan_stats *st);
@@ -92,7 +93,10 @@
  *   previous one completes; a message larger than 1 GiB fails with -EFBIG.
  *
  *   spool_idle() is true when nothing is queued and no write or segment
- *   operation is in flight; the caller runs the loop until then and calls
+ *   operation is in flight. spool_hurry() says the shard is stopping: a
+ *   next segment being zeroed ahead of need (one write at a time, so as
+ *   not to delay commits) is finished at full speed instead. The caller
+ *   runs the loop until spool_idle() and calls
  *   spool_close(), which cancels the probe timer (running loop turns until
  *   its completion arrives) and closes everything synchronously.
  *
@@ -247,6 +251,7 @@ struct spool {
     struct __kernel_timespec probe_ts;
     int probe_armed;
     int closing;
+    int hurry;                   /* spool_hurry(): stopping */
     int direct;                  /* O_DIRECT + RWF_DSYNC; 0: fallback */
     /* spool private, beyond the fields above */
     uint64_t seg_bytes;          /* preallocated size of the segment */
@@ -284,6 +289,7 @@ void spool_release(struct spool *sp, uint64_t seg_seq);
 void spool_flush(struct spool *sp);
 int spool_failed(const struct spool *sp);
 int spool_idle(const struct spool *sp);
+void spool_hurry(struct spool *sp);
 void spool_close(struct spool *sp);
 int spool_scan(const char *shard_dir, spool_recovered_fn *cb, void *arg,
                struct spool_scan_stats *st);
