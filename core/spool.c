@@ -74,6 +74,9 @@
 /* A buffer grown past this for one huge message is given back after it. */
 #define SPOOL_BATCH_KEEP_BYTES ((size_t)16 << 20)
 #define SPOOL_PROBE_SEC 1
+/* A DEFER with nothing to ride along waits this long (the shard's tick
+ * is 250 ms, so at most about half a second). */
+#define SPOOL_LAZY_MS 200
 #define SPOOL_SCAN_NONE UINT64_MAX
 
 _Static_assert(SPOOL_SEGHDR_BYTES % SPOOL_REC_ALIGN == 0,
@@ -1609,8 +1612,36 @@ spool_mark(struct spool *sp, struct spool_mark *mk)
     for (i = 0; mk->rcpts != NULL && i < mk->rcpt_count; i++)
         ASSERT(mk->rcpts[i] != SPOOL_RCPT_ALL);
     mk->next = NULL;
+    if (mk->attempt > 0) {
+        if (sp->lazy_head == NULL)
+            sp->lazy_since_us = now_us();
+        *sp->lazy_tail = mk;
+        sp->lazy_tail = &mk->next;
+        return;
+    }
     *sp->mark_tail = mk;
     sp->mark_tail = &mk->next;
+}
+
+
+/*
+ * spool_lazy_release - DEFERs join the marks when a write goes anyway
+ * (something else is queued or being filled), when the oldest has waited
+ * SPOOL_LAZY_MS, when the spool failed (to be refused) or is hurried.
+ */
+static void
+spool_lazy_release(struct spool *sp)
+{
+    if (sp->lazy_head == NULL)
+        return;
+    if (sp->queue_head == NULL && sp->mark_head == NULL &&
+        sp->fill->count == 0 && sp->failed == 0 && !sp->hurry &&
+        now_us() - sp->lazy_since_us < (uint64_t)SPOOL_LAZY_MS * 1000)
+        return;
+    *sp->mark_tail = sp->lazy_head;
+    sp->mark_tail = sp->lazy_tail;
+    sp->lazy_head = NULL;
+    sp->lazy_tail = &sp->lazy_head;
 }
 
 
@@ -1620,6 +1651,7 @@ spool_flush(struct spool *sp)
 {
     if (sp->closing)
         return;
+    spool_lazy_release(sp);
     if (sp->failed != 0) {
         spool_done_list(spool_queue_take(sp), sp->failed);
         spool_mark_done_list(spool_mark_queue_take(sp), sp->failed);
@@ -1659,7 +1691,7 @@ spool_idle(const struct spool *sp)
     enum spool_prep_state st = sp->prep->state;
 
     return sp->queue_head == NULL && sp->mark_head == NULL &&
-           sp->fill->count == 0 &&
+           sp->lazy_head == NULL && sp->fill->count == 0 &&
            sp->inflight == NULL && sp->aux_pending == 0 &&
            (st == SPOOL_PREP_IDLE || st == SPOOL_PREP_READY);
 }
@@ -2480,6 +2512,7 @@ spool_open(struct spool *sp, struct loop *lp, const char *shard_dir,
     sp->seg_fd = -1;
     sp->queue_tail = &sp->queue_head;
     sp->mark_tail = &sp->mark_head;
+    sp->lazy_tail = &sp->lazy_head;
     sp->probe_op.done = spool_probe_done;
 
     if (mkdir(shard_dir, 0750) < 0 && errno != EEXIST) {

@@ -76,6 +76,9 @@
  *   DEFER record with the attempt count, the last reply, one recipient
  *   of the deferred group and when its next attempt is due; recovery
  *   hands back the newest per recipient index in spool_found (defers).
+ *   A deferral never costs a durable write of its own: it waits for a
+ *   write that goes anyway, or SPOOL_LAZY_MS, or spool_hurry(). A crash
+ *   in between loses only that count.
  *
  *   spool_release() says a message of segment seg_seq (m->seg_seq once
  *   committed, f->segment_seq when recovered) is done for good: all its
@@ -244,6 +247,8 @@ struct spool {
     uint64_t id_counter;
     struct spool_msg *queue_head, **queue_tail;
     struct spool_mark *mark_head, **mark_tail;
+    struct spool_mark *lazy_head, **lazy_tail;    /* DEFERs: see flush */
+    uint64_t lazy_since_us;      /* when the oldest of them was queued */
     struct spool_batch *inflight;     /* NULL when no batch is in flight */
     struct spool_batch *batches[2];
     int failed;                  /* -errno of the failure, 0 when working */
