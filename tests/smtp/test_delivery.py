@@ -615,6 +615,34 @@ class DeliveryTest(h.DaemonTest):
         self.assertNotEqual(last["response"], "expired", last)
         d.stop_clean()
 
+    def test_each_destination_keeps_its_own_count_across_a_restart(self):
+        # One message, two domains: fast.test retried every second or so,
+        # slow.test once an hour. After a restart fast.test goes on from
+        # its own count and slow.test still waits for its hour.
+        port = free_port()
+        d = self.daemon(port, Shards="1",
+                        extra='Domain "slow.test" { Retry_Interval = 1h }\n')
+        _, _, qid = self.send(d, n=1, rcpts=("a@fast.test", "b@slow.test"))[0]
+        self.wait_log(d, lambda r: r["rcpt"] == "a@fast.test" and
+                      r["attempt"] >= 3, h.t(20), "a third try of fast.test")
+        d.stop_clean()
+        lines = len(self.log_lines(d))
+        fast = max(r["attempt"] for r in self.log_lines(d)
+                   if r["rcpt"] == "a@fast.test")
+        slow = [r for r in self.log_lines(d) if r["rcpt"] == "b@slow.test"]
+        self.assertEqual([r["attempt"] for r in slow], [1], slow)
+        d.start()
+        self.wait_log(d, lambda r: r["rcpt"] == "a@fast.test" and
+                      r["attempt"] > fast, h.t(20), "fast.test again")
+        time.sleep(1)
+        after = self.log_lines(d)[lines:]
+        self.assertEqual([r["attempt"] for r in after
+                          if r["rcpt"] == "a@fast.test"][0], fast + 1, after)
+        self.assertEqual([r for r in after if r["rcpt"] == "b@slow.test"],
+                         [], "slow.test is not due for an hour")
+        self.assertEqual({r["id"] for r in after}, {qid})
+        d.stop_clean()
+
     def test_max_retry_interval_caps_the_doubling(self):
         # 1 s doubling would wait about 4 s before the fourth attempt;
         # capped at 1 s every wait is about 1 s.
